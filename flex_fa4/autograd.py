@@ -1,0 +1,42 @@
+"""Autograd for the kernel backends: their forward and backward kernels wrapped
+in one torch.autograd.Function. Captured floating-point tensors of score_mod
+are inputs too, so they receive gradients (the reference backend needs none of
+this: it is differentiable as written)."""
+from __future__ import annotations
+
+import torch
+
+from .backends import AttentionCall, Backend
+
+
+class _KernelAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, backend: Backend, call: AttentionCall, q, k, v, *buffers):
+        out, lse, max_scores = backend.forward(call)
+        ctx.backend, ctx.call = backend, call
+        ctx.save_for_backward(out, lse)
+        ctx.mark_non_differentiable(lse)
+        if max_scores is None:
+            return out, lse
+        ctx.mark_non_differentiable(max_scores)
+        return out, lse, max_scores
+
+    @staticmethod
+    def backward(ctx, dout, *unused_aux_grads):
+        out, lse = ctx.saved_tensors
+        call = ctx.call
+        dq, dk, dv, dbuffers = ctx.backend.backward(call, out, lse, dout.contiguous())
+        n = len(call.score_mod.buffers) if call.score_mod is not None else 0
+        dbuffers = list(dbuffers or []) + [None] * n
+        dbuffers = [
+            None if (g is None or not b.requires_grad) else g.to(b.dtype)
+            for g, b in zip(dbuffers[:n], call.score_mod.buffers if n else [])
+        ]
+        return (None, None, dq, dk, dv, *dbuffers)
+
+
+def kernel_attention(backend: Backend, call: AttentionCall):
+    """(out, lse, max_scores or None), differentiable w.r.t. q, k, v and score_mod's buffers."""
+    buffers = call.score_mod.buffers if call.score_mod is not None else []
+    result = _KernelAttention.apply(backend, call, call.q, call.k, call.v, *buffers)
+    return (*result, None) if len(result) == 2 else result

@@ -1,0 +1,112 @@
+"""Adapters from AttentionCall to the two kernel packages.
+
+`triton`: fallback_triton's block-sparse forward and backward, on any CUDA GPU
+(and on the CPU under TRITON_INTERPRET=1, for tests).
+`fa4`: cute_kernels' CuTeDSL forward on Hopper; its backward runs the Triton
+backward kernels on the fa4 forward's output and LSE (there is no CuTeDSL
+backward yet), which the first such call logs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+
+from .base import AttentionCall, Backend
+
+log = logging.getLogger("flex_fa4")
+
+
+def _import_triton():
+    try:
+        import fallback_triton
+    except Exception as e:  # ImportError, or triton failing to initialise
+        return None, f"the Triton kernels cannot be imported ({type(e).__name__}: {e})"
+    if not hasattr(fallback_triton, "attention_forward"):
+        return None, "the Triton kernels are not built into this install"
+    return fallback_triton, None
+
+
+def _import_cute():
+    try:
+        import cute_kernels
+    except Exception as e:
+        return None, f"the CuTeDSL kernels cannot be imported ({type(e).__name__}: {e}); pip install 'flex_fa4[cute]'"
+    if not hasattr(cute_kernels, "flash_attn_fwd"):
+        return None, "the CuTeDSL kernels are not built into this install"
+    return cute_kernels, None
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def why_not(self, call: AttentionCall) -> Optional[str]:
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        if call.q.device.type != "cuda" and not interpret:
+            return f"needs a CUDA GPU (query is on {call.q.device}); on CPU only under TRITON_INTERPRET=1"
+        if call.q.dtype == torch.float64:
+            return "float64 is not supported by the Triton kernels (use float32, bfloat16 or float16)"
+        module, reason = _import_triton()
+        if module is None:
+            return reason
+        ok, reason = module.can_implement(call.q, call.k, call.v)
+        return None if ok else reason
+
+    def forward(self, call: AttentionCall):
+        import fallback_triton
+
+        return fallback_triton.attention_forward(
+            call.q, call.k, call.v, scale=call.scale, block_sparse=call.block_sparse,
+            score_mod=call.score_mod, mask_mod=call.mask_mod, return_max_scores=call.need_max_scores,
+        )
+
+    def backward(self, call: AttentionCall, out, lse, dout):
+        import fallback_triton
+
+        return fallback_triton.attention_backward(
+            call.q, call.k, call.v, out, lse, dout, scale=call.scale, block_sparse=call.block_sparse,
+            score_mod=call.score_mod, mask_mod=call.mask_mod,
+            deterministic=bool(call.option("deterministic", False)),
+        )
+
+
+class FA4Backend(Backend):
+    name = "fa4"
+
+    def why_not(self, call: AttentionCall) -> Optional[str]:
+        if call.q.device.type != "cuda":
+            return f"needs an NVIDIA Hopper GPU (sm90); query is on {call.q.device}"
+        major, minor = torch.cuda.get_device_capability(call.q.device)
+        if major != 9:
+            return f"the CuTeDSL kernel is built for Hopper (sm90); this GPU is sm{major}{minor}"
+        module, reason = _import_cute()
+        if module is None:
+            return reason
+        bs = call.block_sparse
+        ok, reason = module.can_implement(
+            call.q, call.k, call.v, block_q=bs.block_size_q, block_kv=bs.block_size_kv,
+            has_score_mod=call.score_mod is not None, has_mask_mod=call.mask_mod is not None,
+            need_max_scores=call.need_max_scores,
+        )
+        if not ok:
+            return reason
+        if call.needs_grad:
+            reason = TritonBackend().why_not(call)
+            if reason:
+                return f"its backward runs the Triton kernels, which cannot serve this call: {reason}"
+        return None
+
+    def forward(self, call: AttentionCall):
+        import cute_kernels
+
+        return cute_kernels.flash_attn_fwd(
+            call.q, call.k, call.v, scale=call.scale, block_sparse=call.block_sparse,
+            score_mod=call.score_mod, mask_mod=call.mask_mod,
+            return_lse=True, return_max_scores=call.need_max_scores,
+        )
+
+    def backward(self, call: AttentionCall, out, lse, dout):
+        log.info("fa4 backward: running the Triton backward kernels on the fa4 forward's output and LSE")
+        return TritonBackend().backward(call, out, lse, dout)
