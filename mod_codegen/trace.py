@@ -10,9 +10,11 @@ Anything else fails loudly with the mod's name and source line.
 from __future__ import annotations
 
 import inspect
+import linecache
 import logging
 import math
 import os
+import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,12 +37,13 @@ class UnsupportedModError(ValueError):
 
 def _user_frame() -> str:
     """file:line and source of the innermost frame outside this package and torch."""
-    for frame in inspect.stack()[1:]:
-        fname = os.path.abspath(frame.filename)
-        if fname.startswith(_PACKAGE_DIR) or fname.startswith(_TORCH_DIR):
-            continue
-        src = (frame.code_context or [""])[0].strip()
-        return f"{frame.filename}:{frame.lineno}: `{src}`"
+    frame = sys._getframe(1)
+    while frame is not None:
+        fname = os.path.abspath(frame.f_code.co_filename)
+        if not (fname.startswith(_PACKAGE_DIR) or fname.startswith(_TORCH_DIR)):
+            src = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}: `{src}`"
+        frame = frame.f_back
     return "<unknown location>"
 
 
@@ -109,11 +112,11 @@ class Sym:
     def __float__(self):
         raise self.tracer.fail("a traced value as a Python float (math.* functions); use torch.* instead")
 
-    def __len__(self):
-        raise self.tracer.fail("len() of a traced value")
+    def __len__(self):  # torch's indexing probes len(); a plain TypeError is the cheap, expected answer
+        raise TypeError("a traced mod value is a scalar and has no len()")
 
     def __iter__(self):
-        raise self.tracer.fail("iteration over a traced value")
+        raise TypeError("a traced mod value is a scalar and cannot be iterated")
 
     def __getitem__(self, item):
         raise self.tracer.fail("indexing a traced value (it is a scalar)")
@@ -432,23 +435,33 @@ class TracedMod:
         return f"TracedMod({self.name}, {self.kind}, key={self.cache_key}, buffers={len(self.buffers)}, scalars={self.scalars})"
 
 
-def _with_symbolic_scalars(fn: Callable, tracer: _Tracer) -> Callable | None:
-    """A copy of `fn` whose captured int/float closure cells hold scalar leaves."""
-    if not isinstance(fn, types.FunctionType) or not fn.__closure__:
+def _with_symbolic_scalars(fn: Callable, tracer: _Tracer, depth: int = 0) -> Callable | None:
+    """A copy of `fn` whose captured int/float closure cells hold scalar leaves.
+    Closures it captures (and_masks' list of mods, a factory's inner mod) are
+    copied the same way, so a composed mod keeps its numbers as runtime scalars."""
+    if not isinstance(fn, types.FunctionType) or not fn.__closure__ or depth > 8:
         return None
+
+    def swap(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return tracer.scalar(value)
+        if isinstance(value, types.FunctionType):
+            return _with_symbolic_scalars(value, tracer, depth + 1)
+        if isinstance(value, (tuple, list)) and value and all(isinstance(v, types.FunctionType) for v in value):
+            copies = [_with_symbolic_scalars(v, tracer, depth + 1) for v in value]
+            if any(c is not None for c in copies):
+                return type(value)(c if c is not None else v for c, v in zip(copies, value))
+        return None
+
     cells = []
     swapped = False
     for cell in fn.__closure__:
         try:
-            value = cell.cell_contents
+            new = swap(cell.cell_contents)
         except ValueError:  # empty cell
-            cells.append(cell)
-            continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            cells.append(types.CellType(tracer.scalar(value)))
-            swapped = True
-        else:
-            cells.append(cell)
+            new = None
+        cells.append(cell if new is None else types.CellType(new))
+        swapped |= new is not None
     if not swapped:
         return None
     return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells))

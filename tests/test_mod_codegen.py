@@ -279,6 +279,15 @@ def test_recreated_closures_share_the_key_and_the_compiled_function(seed):
     assert third.cache_key != first.cache_key
 
 
+def test_scalars_inside_composed_mods_stay_runtime_scalars():
+    from flex_fa4 import and_masks
+    from flex_fa4.mods import causal_mask, generate_prefix_lm_mask, generate_sliding_window
+
+    a = trace_mask_mod(and_masks(causal_mask, generate_sliding_window(64), generate_prefix_lm_mask(5)))
+    b = trace_mask_mod(and_masks(causal_mask, generate_sliding_window(1024), generate_prefix_lm_mask(7)))
+    assert a.cache_key == b.cache_key and a.scalars == [64, 5] and b.scalars == [1024, 7]
+
+
 def test_scalar_in_python_control_flow_falls_back_to_a_constant():
     def make(window):
         def mask(b, h, q_idx, kv_idx):
