@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from mod_codegen import TracedMod, trace_mask_mod, trace_score_mod
+from mod_codegen import TracedMod, trace_cached
 
 from .autograd import kernel_attention
 from .backends import AttentionCall, check_backend_name, decide, select_backend
@@ -62,7 +62,7 @@ def _traced_mask(block_mask: BlockMask, device: torch.device) -> Optional[Traced
         return None
     cached = getattr(block_mask, "_traced_mask", None)
     if cached is None:
-        cached = trace_mask_mod(block_mask.mask_mod)
+        cached = trace_cached(block_mask.mask_mod, "mask_mod")
         block_mask._traced_mask = cached
     _check_captured(cached, device)
     return cached
@@ -80,7 +80,7 @@ def _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, nee
         block_mask = _default_block_mask(query.shape[2], key.shape[2], query.device)
     else:
         check_block_mask(block_mask, query, key)
-    traced_score = trace_score_mod(score_mod) if score_mod is not None else None
+    traced_score = trace_cached(score_mod, "score_mod") if score_mod is not None else None
     if traced_score is not None:
         _check_captured(traced_score, query.device)
     return AttentionCall(

@@ -7,11 +7,11 @@
     triton_mods(...)                    # @triton.jit functions (emit_triton)
 """
 from .ir import BufferSpec, DType, Graph, Node, Op, verify
-from .trace import TracedMod, UnsupportedModError, trace_mask_mod, trace_score_mod
+from .trace import TracedMod, UnsupportedModError, trace_cached, trace_mask_mod, trace_score_mod
 from .emit_torch import evaluate, index_grids
 
 __all__ = [
     "BufferSpec", "DType", "Graph", "Node", "Op", "verify",
-    "TracedMod", "UnsupportedModError", "trace_mask_mod", "trace_score_mod",
+    "TracedMod", "UnsupportedModError", "trace_cached", "trace_mask_mod", "trace_score_mod",
     "evaluate", "index_grids",
 ]

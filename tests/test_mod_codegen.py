@@ -305,3 +305,32 @@ def test_graph_is_printable_and_hashable():
     text = str(t.graph)
     assert "load" in text and "buf0: float64[1d]" in text
     assert hash(t.graph) == hash(trace_score_mod(SCORE_MODS["alibi"]).graph)
+
+
+_GLOBAL_BIAS = torch.zeros(4)
+
+
+def test_trace_cache_reuses_and_invalidates():
+    from mod_codegen import trace_cached
+
+    global _GLOBAL_BIAS
+
+    def mod(score, b, h, q_idx, kv_idx):
+        return score + _GLOBAL_BIAS[h]
+
+    first = trace_cached(mod, "score_mod")
+    assert trace_cached(mod, "score_mod") is first
+    _GLOBAL_BIAS = torch.ones(4)  # rebinding the captured global must be seen
+    second = trace_cached(mod, "score_mod")
+    assert second is not first and second.buffers[0] is _GLOBAL_BIAS
+
+    def make(cap):
+        def softcap(score, b, h, q_idx, kv_idx):
+            return cap * torch.tanh(score / cap)
+        return softcap
+
+    f = make(2.0)
+    t1 = trace_cached(f, "score_mod")
+    f.__closure__[0].cell_contents = 3.0
+    t2 = trace_cached(f, "score_mod")
+    assert t1.scalars == [2.0] and t2.scalars == [3.0] and t1.cache_key == t2.cache_key

@@ -84,7 +84,8 @@ def test_gradients_match_autograd_on_dense_float64(variant, Q, KV, group, D, Dv,
     want = torch.autograd.grad(ref, (q, k, v), dout)
     for name, g, w in zip("qkv", got, want):
         assert not torch.isnan(g).any(), f"NaN in d{name}, seed={seed}"
-        assert rel_err(g, w) < 1e-8, f"d{name} seed={seed}"
+        # 1e-6, not 1e-12: a float32 captured tensor (ALiBi slopes) rounds in the Python mod
+        assert rel_err(g, w) < 1e-6, f"d{name} seed={seed}"
 
 
 def test_captured_buffer_gradients(seed):
