@@ -252,8 +252,10 @@ def create_block_mask(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    Bn, Hn = (B or 1), (H or 1)
     traced = trace_mask_mod(mask_mod)
+    # a mask that never reads b (or h) is evaluated once and broadcast: B*H times less work
+    Bn = B if B is not None and traced.graph.uses_input("b") else 1
+    Hn = H if H is not None and traced.graph.uses_input("h") else 1
     buffers = [t.to(device) for t in traced.buffers]
     nqb, nkvb = -(-Q_LEN // bq), -(-KV_LEN // bkv)
     partial = torch.zeros(Bn, Hn, nqb, nkvb, dtype=torch.bool, device=device)
@@ -275,4 +277,7 @@ def create_block_mask(
         count = blocks.sum(dim=(3, 5))
         full[:, :, qb0:qb1] = count == bq * bkv
         partial[:, :, qb0:qb1] = (count > 0) & (count < bq * bkv)
+    if (Bn, Hn) != (B or 1, H or 1):
+        partial = partial.expand(B or 1, H or 1, -1, -1)
+        full = full.expand(B or 1, H or 1, -1, -1)
     return BlockMask.from_block_states(partial, full, (Q_LEN, KV_LEN), (bq, bkv), mask_mod)

@@ -18,6 +18,11 @@ log = logging.getLogger("flex_fa4")
 BACKENDS: dict[str, Backend] = {b.name: b for b in (FA4Backend(), TritonBackend(), ReferenceBackend())}
 BACKEND_NAMES = ("auto", *BACKENDS)
 _AUTO_ORDER = ("fa4", "triton", "reference")
+
+
+class BackendUnavailableError(ValueError):
+    """An explicitly requested backend cannot serve the call; the message says why."""
+
 _logged: set[str] = set()
 
 
@@ -52,7 +57,7 @@ def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
     backend, considered = decide(call, requested)
     if backend is None:
         name, reason = considered[-1]
-        raise ValueError(f"backend {name!r} cannot serve this call: {reason}")
+        raise BackendUnavailableError(f"backend {name!r} cannot serve this call: {reason}")
     passed = [f"{n}: {r}" for n, r in considered if r is not None]
     if passed:
         level = logging.WARNING if backend.name == "reference" else logging.INFO
@@ -60,4 +65,4 @@ def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
     return backend
 
 
-__all__ = ["AttentionCall", "Backend", "BACKENDS", "BACKEND_NAMES", "decide", "select_backend", "check_backend_name"]
+__all__ = ["AttentionCall", "Backend", "BackendUnavailableError", "BACKENDS", "BACKEND_NAMES", "decide", "select_backend", "check_backend_name"]

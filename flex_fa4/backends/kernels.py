@@ -31,6 +31,7 @@ def _import_triton():
 
 def _import_cute():
     try:
+        import cutlass  # noqa: F401 - cute_kernels imports it lazily; check here, before choosing fa4
         import cute_kernels
     except Exception as e:
         return None, f"the CuTeDSL kernels cannot be imported ({type(e).__name__}: {e}); pip install 'flex_fa4[cute]'"
