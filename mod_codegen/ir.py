@@ -209,24 +209,23 @@ class GraphBuilder:
         if node.op not in (Op.ADD, Op.SUB, Op.MUL, Op.DIV) or node.dtype is not DType.F32:
             return None
         a, b = node.args
-        ca, cb = self.const_value(a), self.const_value(b)
-        if node.op is Op.ADD:
-            if ca == 0.0 and ca is not None:
-                return b
-            if cb == 0.0 and cb is not None:
-                return a
-        if node.op is Op.SUB and cb == 0.0 and cb is not None:
+
+        def is_(idx: int, value: float) -> bool:
+            n = self.nodes[idx]
+            return n.op is Op.CONST and n.attr == value
+
+        if node.op is Op.ADD and is_(a, 0.0):
+            return b
+        if node.op in (Op.ADD, Op.SUB) and is_(b, 0.0):
             return a
         if node.op is Op.MUL:
-            # x*0 -> 0 is not IEEE-exact for inf/nan x, but gradients are only
-            # multiplied by an exact zero where the forward value was unused.
-            if (ca == 0.0 and ca is not None) or (cb == 0.0 and cb is not None):
+            # x*0 -> 0 is not IEEE-exact for inf/nan x; gradients multiply by an
+            # exact zero only where the forward value did not flow.
+            if is_(a, 0.0) or is_(b, 0.0):
                 return self.const(0.0, DType.F32)
-            if ca == 1.0 and ca is not None:
+            if is_(a, 1.0):
                 return b
-            if cb == 1.0 and cb is not None:
-                return a
-        if node.op is Op.DIV and cb == 1.0 and cb is not None:
+        if node.op in (Op.MUL, Op.DIV) and is_(b, 1.0):
             return a
         return None
 
