@@ -76,7 +76,8 @@ def _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, nee
         raise TypeError(f"score_mod must be callable or None, got {type(score_mod).__name__}")
     if kernel_options is not None and not isinstance(kernel_options, dict):
         raise TypeError(f"kernel_options must be a dict or None, got {type(kernel_options).__name__}")
-    if block_mask is None:
+    dense = block_mask is None
+    if dense:
         block_mask = _default_block_mask(query.shape[2], key.shape[2], query.device)
     else:
         check_block_mask(block_mask, query, key)
@@ -87,7 +88,7 @@ def _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, nee
         q=query, k=key, v=value,
         scale=float(scale) if scale is not None else 1.0 / math.sqrt(query.shape[-1]),
         score_mod=traced_score, mask_mod=_traced_mask(block_mask, query.device),
-        block_sparse=block_mask.as_tensors(), need_lse=need_lse, need_max_scores=need_max,
+        block_sparse=block_mask.as_tensors(), dense=dense, need_lse=need_lse, need_max_scores=need_max,
         kernel_options=kernel_options,
     )
 

@@ -15,7 +15,7 @@ Bool captured tensors travel as uint8 (`runtime_buffers` does the view).
 
 Float division is emitted as a multiply by `rcp.approx` (<= 2 ulp from IEEE division):
 IEEE `div.rn.f32` is a long instruction sequence, and it took tanh softcap with a
-captured cap from 224 to ... TFLOP/s (see cute_kernels/NOTES.md).
+captured cap (+ causal, hdim 128, H200) from 224 to 450 TFLOP/s (cute_kernels/NOTES.md).
 """
 from __future__ import annotations
 

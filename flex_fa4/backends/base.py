@@ -25,6 +25,7 @@ class AttentionCall:
     score_mod: Optional[TracedMod]
     mask_mod: Optional[TracedMod]  # None: no pair is masked inside visited blocks
     block_sparse: BlockSparseTensors
+    dense: bool = False  # no block_mask given: every pair takes part (block_sparse lists every block)
     need_lse: bool = False
     need_max_scores: bool = False
     kernel_options: Optional[dict[str, Any]] = None

@@ -1,0 +1,63 @@
+"""Static tile configuration of the sm90 forward kernel, chosen per head dims.
+
+Every field changes the generated code, so the whole dataclass is part of the compile
+cache key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUPPORTED_HEAD_DIMS = (64, 96, 128, 192, 256)
+# (head_dim, head_dim_v) pairs beyond the square ones.
+SUPPORTED_HEAD_DIM_PAIRS = frozenset({(d, d) for d in SUPPORTED_HEAD_DIMS} | {(192, 128)})
+
+SMEM_BYTES_SM90 = 227 * 1024
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    head_dim: int
+    head_dim_v: int
+    tile_m: int = 128  # 2 consumer warpgroups x 64 rows
+    tile_n: int = 128
+    num_stages: int = 2  # K and V ring depth
+    # 240 / 24: the register split FA3/FA4 use for 2 consumer WGs + 1 producer WG
+    # (3 x 128 threads x (240 + 240 + 24) regs stays under the 64K register file).
+    consumer_regs: int = 240
+    producer_regs: int = 24
+    # WG pingpong via named barriers; FA3/FA4 enable it for hdim <= 128 only.
+    pingpong: bool = True
+    # Masked launches walk q-tiles last-to-first (Note [LPT order] in hopper_fwd.py).
+    lpt: bool = True
+    # One CTA per SM walking tiles (Note [tile loop]); off until measured faster.
+    persistent: bool = False
+
+    @property
+    def num_consumer_wgs(self) -> int:
+        return self.tile_m // 64
+
+    def smem_bytes(self, elem_bytes: int = 2) -> int:
+        q = self.tile_m * max(self.head_dim, self.head_dim_v)  # sO aliases sQ
+        kv = self.num_stages * self.tile_n * (self.head_dim + self.head_dim_v)
+        return (q + kv) * elem_bytes + 1024
+
+
+def choose_config(head_dim: int, head_dim_v: int) -> FwdConfig:
+    """tile_n = 128 where two K/V stages fit in shared memory, else 64.
+
+    tile_n must divide the BlockMask's KV block (128 by default), which rules out the
+    112 / 80 tiles FA4 uses at hdim 192 / 256; 64 keeps every 128-multiple mask servable.
+    """
+    pingpong = max(head_dim, head_dim_v) <= 128
+    tile_n = 128
+    if max(head_dim, head_dim_v) > 128:
+        # hdim > 128 with tile_n 128 spills registers (acc_O + acc_S > 200 regs).
+        tile_n = 64
+    # 3 K/V stages where they fit. H200, B=4 H=16 S=8192 hdim 128, 3 vs 2 stages: noop
+    # 707 vs 667 in one run, 643 vs 646 in another (noise ~3%); causal equal. Kept for
+    # the extra latency slack; revisit with a profiler.
+    for stages in (3, 2):
+        cfg = FwdConfig(head_dim, head_dim_v, tile_n=tile_n, num_stages=stages, pingpong=pingpong)
+        if cfg.smem_bytes() <= SMEM_BYTES_SM90:
+            return cfg
+    return FwdConfig(head_dim, head_dim_v, tile_n=64, num_stages=2, pingpong=pingpong)

@@ -1,0 +1,549 @@
+"""Warp-specialized FlexAttention forward for Hopper (sm90a), written in CuTeDSL.
+
+What it does: O = softmax(mod(Q K^T * scale)) V per (batch, q-head), with score_mod and
+mask_mod inlined, optional block sparsity (BlockMask tensors), GQA, any sequence lengths.
+Outputs O (q dtype), LSE (fp32, natural log, -inf for empty rows) and optionally the
+row max of the modded scores.
+
+Structure (FA3/FA4 style):
+- warpgroup 0, warp 0: producer. TMA loads Q once and K/V tiles through two mbarrier
+  rings (PipelineTmaAsync), registers lowered with setmaxregister (24).
+- warpgroups 1..2: consumers (240 registers), 64 q-rows each of the 128-row tile.
+  QK^T is an SS wgmma, P stays in registers for the RS wgmma P @ V
+  (Note [P stays in registers]); QK^T(j) overlaps P V(j-1) inside a warpgroup
+  (Note [intra-warpgroup overlap]) and the two warpgroups alternate their GEMMs
+  (Note [pingpong], hdim <= 128).
+- masked launches walk q-tiles last-to-first (Note [LPT order]).
+- epilogue: O -> 16-bit -> smem (aliasing sQ) -> one TMA store; LSE from registers.
+- one CTA per q-tile by default; FwdConfig.persistent walks tiles with one CTA per SM
+  (Note [tile loop]; faster at hdim 256 / short sequences, off by default because ptxas
+  serializes the wgmmas at hdim 128 in that variant, see NOTES.md).
+
+Constraints: fp16/bf16, head dims in config.SUPPORTED_HEAD_DIM_PAIRS, last dim of q/k/v/o
+contiguous and other strides 16-byte aligned (TMA).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import cuda.bindings.driver as cuda
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import Float32, Int32, const_expr
+from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.utils import LayoutEnum
+
+from .block_sparse import sparse_row, sparse_tile
+from .config import FwdConfig
+from .fragments import as_mn, as_operand_a, transpose_smem_view
+from .apply_mods import apply_mask_mod, apply_score_mod, apply_seqlen_mask
+from .mods import ModSpec
+from .softmax import LOG2_E, OnlineSoftmax, rescale_rows
+
+# Named barrier ids (0 is __syncthreads).
+BAR_EPILOGUE_SQ_FREE = 1
+BAR_EPILOGUE_SO_READY = 2
+BAR_SCHED_WG0 = 3  # and 4 for the second consumer warpgroup
+BAR_EPILOGUE_SO_FREE = 5
+
+
+def _smem_layout(dtype, rows: int, cols: int, stages: Optional[int] = None):
+    """Row-major (cols contiguous) swizzled smem layout, optionally staged."""
+    atom = warpgroup.make_smem_layout_atom(
+        sm90_utils.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, dtype, cols), dtype
+    )
+    if stages is None:
+        return cute.tile_to_shape(atom, (rows, cols), order=(0, 1))
+    return cute.tile_to_shape(atom, (rows, cols, stages), order=(0, 1, 2))
+
+
+@cute.jit
+def _gemm(tiled_mma: cute.TiledMma, acc: cute.Tensor, tCrA: cute.Tensor, tCrB: cute.Tensor,
+          zero_init: cutlass.Constexpr[bool], wait: cutlass.Constexpr[int]):
+    """One warpgroup-wide wgmma chain over the K mode; wait < 0 leaves it in flight."""
+    warpgroup.fence()
+    atom = cute.make_mma_atom(tiled_mma.op)
+    atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
+    for k in cutlass.range_constexpr(cute.size(tCrA.shape[2])):
+        cute.gemm(atom, acc, tCrA[None, None, k], tCrB[None, None, k], acc)
+        atom.set(warpgroup.Field.ACCUMULATE, True)
+    warpgroup.commit_group()
+    if const_expr(wait >= 0):
+        warpgroup.wait_group(wait)
+
+
+class HopperFlexFwd:
+    def __init__(self, dtype, cfg: FwdConfig, score_mod: Optional[ModSpec],
+                 mask_mod: Optional[ModSpec], has_sparse: bool, has_full: bool):
+        self.dtype = dtype
+        self.cfg = cfg
+        self.tile_m, self.tile_n = cfg.tile_m, cfg.tile_n
+        self.hd, self.hdv = cfg.head_dim, cfg.head_dim_v
+        self.num_stages = cfg.num_stages
+        self.score_mod = score_mod
+        self.mask_mod = mask_mod
+        self.has_sparse = has_sparse
+        self.has_full = has_full
+        self.reverse_m = cfg.lpt and (mask_mod is not None or has_sparse)
+        self.num_consumer_threads = 128 * cfg.num_consumer_wgs
+        self.num_threads = 128 + self.num_consumer_threads
+        self.n_score_bufs = score_mod.num_buffers if score_mod is not None else 0
+        self.n_score_scalars = len(score_mod.scalar_types) if score_mod is not None else 0
+
+    # ------------------------------------------------------------------ host side
+    @cute.jit
+    def __call__(
+        self,
+        mQ: cute.Tensor,  # (b, hq, sq, d)
+        mK: cute.Tensor,  # (b, hkv, sk, d)
+        mV: cute.Tensor,  # (b, hkv, sk, dv)
+        mO: cute.Tensor,  # (b, hq, sq, dv)
+        mLSE: cute.Tensor,  # (b, hq, sq) fp32
+        mMax: Optional[cute.Tensor],  # (b, hq, sq) fp32 or None
+        softmax_scale: Float32,
+        sparse,  # (cnt, idx, full_cnt | None, full_idx | None) or None
+        q_block_size: Int32,  # BlockMask Q_BS
+        kv_ratio: Int32,  # BlockMask KV_BS // tile_n
+        num_sms: Int32,  # persistent grid size
+        aux_tensors,  # tuple: score_mod buffers then mask_mod buffers
+        aux_scalars,  # tuple: score_mod scalars then mask_mod scalars
+        stream: cuda.CUstream,
+    ):
+        aux_tensors = () if const_expr(aux_tensors is None) else aux_tensors
+        aux_scalars = () if const_expr(aux_scalars is None) else aux_scalars
+        # TMA wants (seq, dim, head, batch): dim is the contiguous mode.
+        perm = [2, 3, 1, 0]
+        mQ, mK, mV, mO = [cute.make_tensor(t.iterator, cute.select(t.layout, mode=perm))
+                          for t in (mQ, mK, mV, mO)]
+
+        tiled_mma_qk = sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.K,
+            Float32, atom_layout_mnk=(self.cfg.num_consumer_wgs, 1, 1),
+            tiler_mn=(64, self.tile_n))
+        tiled_mma_pv = sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN,
+            Float32, atom_layout_mnk=(self.cfg.num_consumer_wgs, 1, 1),
+            tiler_mn=(64, self.hdv), a_source=warpgroup.OperandSource.RMEM)
+
+        sQ_layout = _smem_layout(self.dtype, self.tile_m, self.hd)
+        sK_layout = _smem_layout(self.dtype, self.tile_n, self.hd, self.num_stages)
+        sV_layout = _smem_layout(self.dtype, self.tile_n, self.hdv, self.num_stages)
+        sO_layout = _smem_layout(self.dtype, self.tile_m, self.hdv)
+
+        g2s = cpasync.CopyBulkTensorTileG2SOp()
+        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(g2s, mQ, sQ_layout, (self.tile_m, self.hd))
+        tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(
+            g2s, mK, cute.select(sK_layout, mode=[0, 1]), (self.tile_n, self.hd), 1)
+        tma_atom_V, tma_V = cpasync.make_tiled_tma_atom(
+            g2s, mV, cute.select(sV_layout, mode=[0, 1]), (self.tile_n, self.hdv), 1)
+        tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileS2GOp(), mO, sO_layout, (self.tile_m, self.hdv))
+        self.tx_q = cute.size_in_bytes(self.dtype, sQ_layout)
+        self.tx_k = cute.size_in_bytes(self.dtype, cute.select(sK_layout, mode=[0, 1]))
+        self.tx_v = cute.size_in_bytes(self.dtype, cute.select(sV_layout, mode=[0, 1]))
+
+        stages = self.num_stages
+        q_elems = max(cute.cosize(sQ_layout), cute.cosize(sO_layout))
+
+        @cute.struct
+        class SharedStorage:
+            mbar_q: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_k: cute.struct.MemRange[cutlass.Int64, stages * 2]
+            mbar_v: cute.struct.MemRange[cutlass.Int64, stages * 2]
+            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, q_elems], 1024]
+            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
+            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
+
+        self.shared_storage = SharedStorage
+
+        # Note [scale placement]: without a score_mod the scale folds into exp2's
+        # argument; with one, flex semantics apply the scale before the mod, so the
+        # softmax itself only converts to base 2.
+        if const_expr(self.score_mod is None):
+            scale_log2 = softmax_scale * LOG2_E
+        else:
+            scale_log2 = Float32(LOG2_E)
+
+        num_tiles = (cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m)
+                     * cute.size(mQ.shape[2]) * cute.size(mQ.shape[3]))
+        grid = (cutlass.min(num_tiles, num_sms) if const_expr(self.cfg.persistent) else num_tiles,
+                1, 1)
+        qhead_per_kvhead = cute.size(mQ.shape[2]) // cute.size(mK.shape[2])
+        self.kernel(
+            tma_Q, tma_K, tma_V, tma_O, mLSE, mMax,
+            tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O,
+            scale_log2, softmax_scale, qhead_per_kvhead, cute.size(mK.shape[0]),
+            sparse, q_block_size, kv_ratio, aux_tensors, aux_scalars,
+            sQ_layout, sK_layout, sV_layout, sO_layout, tiled_mma_qk, tiled_mma_pv,
+        ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)
+
+    # ---------------------------------------------------------------- device side
+    @cute.kernel
+    def kernel(
+        self,
+        mQ: cute.Tensor, mK: cute.Tensor, mV: cute.Tensor, mO: cute.Tensor,
+        mLSE: cute.Tensor, mMax: Optional[cute.Tensor],
+        tma_atom_Q: cute.CopyAtom, tma_atom_K: cute.CopyAtom,
+        tma_atom_V: cute.CopyAtom, tma_atom_O: cute.CopyAtom,
+        scale_log2: Float32, softmax_scale: Float32, qhead_per_kvhead: Int32, seqlen_k: Int32,
+        sparse, q_block_size: Int32, kv_ratio: Int32, aux_tensors, aux_scalars,
+        sQ_layout: cute.ComposedLayout, sK_layout: cute.ComposedLayout,
+        sV_layout: cute.ComposedLayout, sO_layout: cute.ComposedLayout,
+        tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.TiledMma,
+    ):
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        if warp_idx == 0:
+            for atom in (tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O):
+                cpasync.prefetch_descriptor(atom)
+
+        smem = cutlass.utils.SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
+        # PipelineTmaAsync releases with one elected lane per consumer warp.
+        consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_threads // 32)
+        pipe_q = pipeline.PipelineTmaAsync.create(
+            num_stages=1, producer_group=producer, consumer_group=consumers,
+            tx_count=self.tx_q, barrier_storage=storage.mbar_q.data_ptr(), defer_sync=True)
+        pipe_k = pipeline.PipelineTmaAsync.create(
+            num_stages=self.num_stages, producer_group=producer, consumer_group=consumers,
+            tx_count=self.tx_k, barrier_storage=storage.mbar_k.data_ptr(), defer_sync=True)
+        pipe_v = pipeline.PipelineTmaAsync.create(
+            num_stages=self.num_stages, producer_group=producer, consumer_group=consumers,
+            tx_count=self.tx_v, barrier_storage=storage.mbar_v.data_ptr(), defer_sync=True)
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+
+        sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
+        sV = storage.sV.get_tensor(sV_layout.outer, swizzle=sV_layout.inner)
+        sO = storage.sQ.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)
+
+        # Note [tile loop]: every CTA walks linear tile ids bid, bid + grid, ...; a
+        # non-persistent launch has one CTA per tile, so the loop runs once.
+        ids = (cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m), cute.size(mQ.shape[2]),
+               cute.size(mQ.shape[3]))  # (q tiles, q heads, batch)
+        if warp_idx < 4:
+            cute.arch.setmaxregister_decrease(self.cfg.producer_regs)
+            if warp_idx == 0:
+                self.load(mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
+                          pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids,
+                          sparse, q_block_size, kv_ratio)
+        else:
+            cute.arch.setmaxregister_increase(self.cfg.consumer_regs)
+            tidx = cute.arch.thread_idx()[0] - 128
+            self.consume(mO, mLSE, mMax, sQ, sK, sV, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
+                         pipe_q, pipe_k, pipe_v, tidx, warp_idx, scale_log2, softmax_scale,
+                         seqlen_k, ids, sparse, q_block_size, kv_ratio, aux_tensors, aux_scalars)
+
+    @cute.jit
+    def decode_tile(self, tile: Int32, ids):
+        """Linear tile id -> (m_block, head, batch).
+
+        Note [LPT order]: with a mask, late q-tiles usually have the most KV tiles
+        (causal-like). CTAs launch in id order, so walking q-tiles from last to first puts
+        the longest work first and light tiles in the last wave, while consecutive CTAs
+        still share one head's K/V in L2 (H200 causal hdim 128: 568 -> 580 TFLOP/s)."""
+        num_m, n_h, n_b = ids
+        m_block, hb = tile % num_m, tile // num_m
+        if const_expr(self.reverse_m):
+            if const_expr(self.cfg.persistent):
+                # heaviest q-tiles of every head first, over the whole persistent walk
+                m_block, hb = num_m - 1 - tile // (n_h * n_b), tile % (n_h * n_b)
+            else:
+                m_block = num_m - 1 - m_block
+        return m_block, hb % n_h, hb // n_h
+
+    @cute.jit
+    def tile_row(self, m_block, head_idx, batch_idx, sparse, q_block_size, kv_ratio):
+        """The BlockMask row of this q-tile (None without sparsity).
+
+        Note [visit order]: without sparsity, KV tiles from last to first (the seqlen tail
+        first); with it, the partial blocks' tiles, then the full blocks' tiles. Producer
+        and consumers walk the same list (tile_info)."""
+        tiles = None
+        if const_expr(self.has_sparse):
+            tiles = (sparse_row(sparse, batch_idx, head_idx, m_block, self.tile_m, q_block_size,
+                                kv_ratio), sparse, kv_ratio)
+        return tiles
+
+    @cute.jit
+    def load(self, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
+             pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, q_block_size,
+             kv_ratio):
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+        args = (mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V, pipe_q, pipe_k,
+                pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, q_block_size, kv_ratio)
+        tile = cute.arch.block_idx()[0]
+        if const_expr(not self.cfg.persistent):
+            self.load_tile(tile, q_state, state, *args)
+        else:
+            num_m, n_h, n_b = ids
+            while tile < num_m * n_h * n_b:
+                q_state, state = self.load_tile(tile, q_state, state, *args)
+                tile += cute.arch.grid_dim()[0]
+
+    @cute.jit
+    def load_tile(self, tile, q_state, state, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K,
+                  tma_atom_V, pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse,
+                  q_block_size, kv_ratio):
+        m_block, head_idx, batch_idx = self.decode_tile(tile, ids)
+        tiles = self.tile_row(m_block, head_idx, batch_idx, sparse, q_block_size, kv_ratio)
+        head_kv = head_idx // qhead_per_kvhead
+        one = cute.make_layout(1)
+        gQ = cute.local_tile(mQ[None, None, head_idx, batch_idx], (self.tile_m, self.hd),
+                             (m_block, 0))
+        gK = cute.local_tile(mK[None, None, head_kv, batch_idx], (self.tile_n, self.hd), (None, 0))
+        gV = cute.local_tile(mV[None, None, head_kv, batch_idx], (self.tile_n, self.hdv), (None, 0))
+        tQsQ, tQgQ = cpasync.tma_partition(tma_atom_Q, 0, one, cute.group_modes(sQ, 0, 2),
+                                           cute.group_modes(gQ, 0, 2))
+        tKsK, tKgK = cpasync.tma_partition(tma_atom_K, 0, one, cute.group_modes(sK, 0, 2),
+                                           cute.group_modes(gK, 0, 2))
+        tVsV, tVgV = cpasync.tma_partition(tma_atom_V, 0, one, cute.group_modes(sV, 0, 2),
+                                           cute.group_modes(gV, 0, 2))
+        # Q waits for the previous tile's epilogue to free sQ (it doubles as sO).
+        pipe_q.producer_acquire(q_state)
+        cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
+        q_state.advance()
+        total = self.num_tiles(seqlen_k, tiles)
+        n_next, _ = self.tile_info(Int32(0), seqlen_k, tiles)  # Note [index prefetch]
+        for t in cutlass.range(total, unroll=1):
+            n_block = n_next
+            n_next, _ = self.tile_info(cutlass.min(t + 1, total - 1), seqlen_k, tiles)
+            self.load_kv(n_block, state, tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV,
+                         pipe_k, pipe_v)
+            state.advance()
+        return q_state, state
+
+    @cute.jit
+    def load_kv(self, n_block, state, tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV,
+                pipe_k, pipe_v):
+        pipe_k.producer_acquire(state)
+        cute.copy(tma_atom_K, tKgK[None, n_block], tKsK[None, state.index],
+                  tma_bar_ptr=pipe_k.producer_get_barrier(state))
+        pipe_v.producer_acquire(state)
+        cute.copy(tma_atom_V, tVgV[None, n_block], tVsV[None, state.index],
+                  tma_bar_ptr=pipe_v.producer_get_barrier(state))
+
+    @cute.jit
+    def consume(self, mO, mLSE, mMax, sQ, sK, sV, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
+                pipe_q, pipe_k, pipe_v, tidx, warp_idx, scale_log2, softmax_scale, seqlen_k,
+                ids, sparse, q_block_size, kv_ratio, aux_tensors, aux_scalars):
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        thr_mma_qk = tiled_mma_qk.get_slice(tidx)
+        wg_mma_qk = tiled_mma_qk.get_slice(wg * 128)
+        wg_mma_pv = tiled_mma_pv.get_slice(wg * 128)
+        tSrQ = wg_mma_qk.make_fragment_A(wg_mma_qk.partition_A(sQ))
+        tSrK = wg_mma_qk.make_fragment_B(wg_mma_qk.partition_B(sK))
+        tOrVt = wg_mma_pv.make_fragment_B(wg_mma_pv.partition_B(transpose_smem_view(sV)))
+        s_shape = wg_mma_qk.partition_shape_C((self.tile_m, self.tile_n))
+        # rows per thread = row halves (2) x MMA_M of the ((2, 2, N/8), MMA_M, MMA_N) fragment
+        softmax = OnlineSoftmax(scale_log2, s_shape[0][1] * s_shape[1])
+
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        if const_expr(self.cfg.pingpong):
+            # Note [pingpong]: the two consumer warpgroups take turns issuing their
+            # GEMMs (named barriers 3 and 4), so one WG's softmax overlaps the other's
+            # tensor-core work. WG 0 gets the first turn; each tile leaves one pending
+            # arrival for WG 0 again, so the turns stay balanced across tiles.
+            if wg == 0:
+                cute.arch.barrier_arrive(barrier_id=BAR_SCHED_WG0,
+                                         number_of_threads=self.num_consumer_threads)
+        frags = (s_shape, wg_mma_pv, tSrQ, tSrK, tOrVt, softmax, wg, thr_mma_qk)
+        args = (mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k,
+                pipe_v, tidx, warp_idx, softmax_scale, seqlen_k, ids, sparse, q_block_size,
+                kv_ratio, aux_tensors, aux_scalars)
+        tile = cute.arch.block_idx()[0]
+        if const_expr(not self.cfg.persistent):
+            # Note [single tile]: no tile loop here. A loop around the mainloop keeps more
+            # values live and made ptxas serialize the wgmmas at hdim 128 (C7512;
+            # 635 -> 470 TFLOP/s noop), so the persistent loop is a separate variant.
+            self.consume_tile(tile, q_state, state, frags, *args)
+        else:
+            num_m, n_h, n_b = ids
+            while tile < num_m * n_h * n_b:
+                q_state, state = self.consume_tile(tile, q_state, state, frags, *args)
+                tile += cute.arch.grid_dim()[0]
+
+    @cute.jit
+    def consume_tile(self, tile, q_state, state, frags, mO, mLSE, mMax, sO, tma_atom_O,
+                     tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k, pipe_v, tidx, warp_idx,
+                     softmax_scale, seqlen_k, ids, sparse, q_block_size, kv_ratio, aux_tensors,
+                     aux_scalars):
+        s_shape, wg_mma_pv, tSrQ, tSrK, tOrVt, softmax, wg, thr_mma_qk = frags
+        # Register fragments are created per tile: wgmma reads its accumulator operand
+        # even when zero-initializing, so fragments that outlive a tile stay live through
+        # the epilogue and the next tile (ptxas then serializes the wgmmas, C7512).
+        acc_S = cute.make_rmem_tensor(s_shape, Float32)
+        acc_O = cute.make_rmem_tensor(wg_mma_pv.partition_shape_C((self.tile_m, self.hdv)), Float32)
+        tOrP = wg_mma_pv.make_fragment_A(wg_mma_pv.partition_shape_A((self.tile_m, self.tile_n)))
+        m_block, head_idx, batch_idx = self.decode_tile(tile, ids)
+        tiles = self.tile_row(m_block, head_idx, batch_idx, sparse, q_block_size, kv_ratio)
+        acc_O.fill(0.0)
+        softmax.reset()
+        pipe_q.consumer_wait(q_state)
+        state = self.mainloop(state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg,
+                              tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk,
+                              softmax_scale, seqlen_k, m_block, head_idx, batch_idx, tiles,
+                              aux_tensors, aux_scalars)
+        self.epilogue(acc_O, softmax, mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_pv, tidx,
+                      warp_idx, m_block, head_idx, batch_idx)
+        pipe_q.consumer_release(q_state)
+        q_state.advance()
+        return q_state, state
+
+    @cute.jit
+    def mainloop(self, state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk,
+                 tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk, softmax_scale, seqlen_k, m_block,
+                 head_idx, batch_idx, tiles, aux_tensors, aux_scalars):
+        total = self.num_tiles(seqlen_k, tiles)
+        mods = dict(thr_mma_qk=thr_mma_qk, softmax_scale=softmax_scale, seqlen_k=seqlen_k,
+                    m_block=m_block, head_idx=head_idx, batch_idx=batch_idx,
+                    aux_tensors=aux_tensors, aux_scalars=aux_scalars)
+        if total > 0:
+            # Note [intra-warpgroup overlap]: QK^T of tile j and P V of tile j-1 are in
+            # flight together; the softmax of tile j runs while P V (j-1) finishes.
+            n_block, is_partial = self.tile_info(Int32(0), seqlen_k, tiles)
+            # Note [index prefetch]: the next tile's BlockMask lookup (a global load) is
+            # issued one iteration early so its latency cannot land on the softmax's
+            # critical path. (It did not close the all-full-BlockMask gap: 570 vs 643
+            # TFLOP/s dense on the H200; see NOTES.md.)
+            n_next, partial_next = self.tile_info(cutlass.min(Int32(1), total - 1), seqlen_k, tiles)
+            pipe_k.consumer_wait(state)
+            _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
+                  zero_init=True, wait=0)
+            pipe_k.consumer_release(state)
+            self.mods_and_masks(acc_S, n_block, is_partial, **mods)
+            softmax.step(acc_S)
+            tOrP.store(as_operand_a(acc_S).load().to(self.dtype))
+            state_v = state.clone()
+            state.advance()
+            for t in cutlass.range(1, total, unroll=1):
+                n_block, is_partial = n_next, partial_next
+                n_next, partial_next = self.tile_info(cutlass.min(t + 1, total - 1), seqlen_k, tiles)
+                pipe_k.consumer_wait(state)
+                self.sched_sync(wg)
+                _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
+                      zero_init=True, wait=-1)
+                pipe_v.consumer_wait(state_v)
+                _gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, state_v.index],
+                      zero_init=False, wait=-1)
+                self.sched_arrive(wg)
+                warpgroup.wait_group(1)
+                pipe_k.consumer_release(state)
+                self.mods_and_masks(acc_S, n_block, is_partial, **mods)
+                row_scale = softmax.step(acc_S)
+                warpgroup.wait_group(0)
+                pipe_v.consumer_release(state_v)
+                rescale_rows(acc_O, row_scale)
+                tOrP.store(as_operand_a(acc_S).load().to(self.dtype))
+                state_v.advance()
+                state.advance()
+            pipe_v.consumer_wait(state_v)
+            _gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, state_v.index],
+                  zero_init=False, wait=0)
+            pipe_v.consumer_release(state_v)
+        return state
+
+    def sched_sync(self, wg):
+        if const_expr(self.cfg.pingpong):
+            cute.arch.barrier(barrier_id=BAR_SCHED_WG0 + wg,
+                              number_of_threads=self.num_consumer_threads)
+
+    def sched_arrive(self, wg):
+        if const_expr(self.cfg.pingpong):
+            cute.arch.barrier_arrive(barrier_id=BAR_SCHED_WG0 + (1 - wg),
+                                     number_of_threads=self.num_consumer_threads)
+
+    @cute.jit
+    def num_tiles(self, seqlen_k, tiles) -> Int32:
+        total = Int32(0)
+        if const_expr(not self.has_sparse):
+            total = cute.ceil_div(seqlen_k, self.tile_n)
+        else:
+            (b, h, qb, num_partial, num_full), sparse, kv_ratio = tiles
+            total = num_partial + num_full
+        return total
+
+    @cute.jit
+    def tile_info(self, t: Int32, seqlen_k: Int32, tiles):
+        """(kv tile index, whether mask_mod applies) of the t-th visited tile
+        (Note [visit order])."""
+        n_block = Int32(0)
+        is_partial = cutlass.Boolean(True)
+        if const_expr(not self.has_sparse):
+            n_block = cute.ceil_div(seqlen_k, self.tile_n) - 1 - t
+        else:
+            (b, h, qb, num_partial, num_full), sparse, kv_ratio = tiles
+            if const_expr(self.has_full):
+                is_partial = t < num_partial
+                if is_partial:
+                    n_block = sparse_tile(sparse[1], b, h, qb, kv_ratio, t)
+                else:
+                    n_block = sparse_tile(sparse[3], b, h, qb, kv_ratio, t - num_partial)
+            else:
+                n_block = sparse_tile(sparse[1], b, h, qb, kv_ratio, t)
+        return n_block, is_partial
+
+    @cute.jit
+    def mods_and_masks(self, acc_S, n_block: Int32, is_partial, thr_mma_qk, softmax_scale,
+                       seqlen_k, m_block, head_idx, batch_idx, aux_tensors, aux_scalars):
+        """score_mod, then mask_mod (partial tiles only), then the seqlen tail mask."""
+        cS = cute.domain_offset((m_block * self.tile_m, n_block * self.tile_n),
+                                cute.make_identity_tensor((self.tile_m, self.tile_n)))
+        tScS = thr_mma_qk.partition_C(cS)
+        if const_expr(self.score_mod is not None):
+            apply_score_mod(acc_S, tScS, self.score_mod, batch_idx, head_idx, softmax_scale,
+                            aux_tensors[: self.n_score_bufs], aux_scalars[: self.n_score_scalars])
+        if const_expr(self.mask_mod is not None):
+            if is_partial:
+                apply_mask_mod(acc_S, tScS, self.mask_mod, batch_idx, head_idx,
+                               aux_tensors[self.n_score_bufs:], aux_scalars[self.n_score_scalars:])
+        if (n_block + 1) * self.tile_n > seqlen_k:
+            apply_seqlen_mask(acc_S, tScS, seqlen_k)
+
+    @cute.jit
+    def epilogue(self, acc_O, softmax, mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_pv, tidx,
+                 warp_idx, m_block, head_idx, batch_idx):
+        inv_sum, lse, row_max = softmax.finalize()
+        rescale_rows(acc_O, inv_sum)
+        rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
+        rO.store(acc_O.load().to(self.dtype))
+
+        # Row stats: the thread holding column 0 of a row writes it.
+        seqlen_q = mLSE.shape[2]
+        thr_mma = tiled_mma_pv.get_slice(tidx)
+        tOcO = as_mn(thr_mma.partition_C(cute.make_identity_tensor((self.tile_m, self.hdv))))
+        if tOcO[0, 0][1] == 0:
+            for r in cutlass.range_constexpr(cute.size(tOcO, mode=[0])):
+                row = m_block * self.tile_m + tOcO[r, 0][0]
+                if row < seqlen_q:
+                    mLSE[batch_idx, head_idx, row] = lse[r]
+                    if const_expr(mMax is not None):
+                        mMax[batch_idx, head_idx, row] = row_max[r]
+
+        # sO aliases sQ: every consumer warpgroup must be past its last QK^T.
+        cute.arch.barrier(barrier_id=BAR_EPILOGUE_SQ_FREE, number_of_threads=self.num_consumer_threads)
+        st_atom = cute.make_copy_atom(
+            cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
+        thr_copy = cute.make_tiled_copy_C(st_atom, tiled_mma_pv).get_slice(tidx)
+        cute.copy(st_atom, thr_copy.retile(rO), thr_copy.partition_D(sO))
+        cute.arch.fence_view_async_shared()
+        cute.arch.barrier(barrier_id=BAR_EPILOGUE_SO_READY, number_of_threads=self.num_consumer_threads)
+        if warp_idx == 4:
+            gO = cute.local_tile(mO[None, None, head_idx, batch_idx], (self.tile_m, self.hdv),
+                                 (m_block, 0))
+            tOsO, tOgO = cpasync.tma_partition(tma_atom_O, 0, cute.make_layout(1),
+                                               cute.group_modes(sO, 0, 2),
+                                               cute.group_modes(gO, 0, 2))
+            cute.copy(tma_atom_O, tOsO, tOgO)
+            cute.arch.cp_async_bulk_commit_group()
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
+        if const_expr(self.cfg.persistent):
+            # sO is sQ: the next tile's Q may land only after the store has read it.
+            cute.arch.barrier(barrier_id=BAR_EPILOGUE_SO_FREE,
+                              number_of_threads=self.num_consumer_threads)

@@ -1,0 +1,289 @@
+"""Public entry points: plain torch tensors in, compiled CuTeDSL kernels out.
+
+q/k/v arrive in torch layout (B, H, S, D) with any strides as long as the last dim is
+contiguous and the other strides are 16-byte aligned (TMA); nothing is copied.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+
+from . import cache
+from .config import SUPPORTED_HEAD_DIM_PAIRS, SUPPORTED_HEAD_DIMS, choose_config
+from .mods import ModSpec
+
+ARCH = "sm_90a"
+
+
+def _cutlass():
+    import cutlass
+    import cutlass.cute as cute
+
+    return cutlass, cute
+
+
+def _cute_dtype(torch_dtype):
+    cutlass, _ = _cutlass()
+    table = {
+        torch.bfloat16: cutlass.BFloat16, torch.float16: cutlass.Float16,
+        torch.float32: cutlass.Float32, torch.int32: cutlass.Int32, torch.int64: cutlass.Int64,
+        torch.bool: cutlass.Boolean, torch.int8: cutlass.Int8, torch.uint8: cutlass.Uint8,
+        torch.int16: cutlass.Int16, torch.float64: cutlass.Float64,
+    }
+    return table[torch_dtype]
+
+
+def _dtype_from_name(name: str):
+    return _cute_dtype(getattr(torch, name))
+
+
+# ----------------------------------------------------------------------------- checks
+_CAPABILITY: dict = {}
+_NUM_SMS: dict = {}
+
+
+def _num_sms(device) -> int:
+    n = _NUM_SMS.get(device)
+    if n is None:
+        n = _NUM_SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return n
+
+
+def _arch_ok() -> tuple[bool, str]:
+    forced = os.environ.get("CUTE_DSL_ARCH")
+    if torch.cuda.is_available():
+        dev = torch.cuda.current_device()
+        cap = _CAPABILITY.get(dev)
+        if cap is None:
+            cap = _CAPABILITY[dev] = torch.cuda.get_device_capability(dev)
+        if cap != (9, 0):
+            return False, f"the sm90 kernel needs compute capability 9.0, this GPU is {cap[0]}.{cap[1]}"
+        return True, ""
+    if forced in ("sm_90a", "sm_90"):
+        return True, ""
+    return False, "no CUDA device (set CUTE_DSL_ARCH=sm_90a to compile only)"
+
+
+def can_implement(q, k, v, *, block_q: Optional[int] = None, block_kv: Optional[int] = None,
+                  has_score_mod: bool = False, has_mask_mod: bool = False,
+                  need_max_scores: bool = False) -> tuple[bool, str]:
+    ok, why = _arch_ok()
+    if not ok:
+        return False, why
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return False, f"dtype {q.dtype} not supported by the sm90 kernel (float16, bfloat16)"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return False, "q, k and v must share one dtype"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return False, "q, k, v must be 4-d (B, H, S, D)"
+    d, dv = q.shape[-1], v.shape[-1]
+    if k.shape[-1] != d:
+        return False, f"q and k head dims differ ({d} vs {k.shape[-1]})"
+    if (d, dv) not in SUPPORTED_HEAD_DIM_PAIRS:
+        if d not in SUPPORTED_HEAD_DIMS:
+            return False, (f"head dim {d} not supported by the sm90 kernel "
+                           f"(supported: {', '.join(map(str, SUPPORTED_HEAD_DIMS))})")
+        return False, (f"head dims qk={d}, v={dv} not supported by the sm90 kernel "
+                       f"(supported: equal dims, or qk 192 / v 128)")
+    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]:
+        return False, "batch sizes of q, k, v differ"
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        return False, "k and v shapes disagree"
+    if q.shape[1] % k.shape[1] != 0:
+        return False, f"q heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            return False, f"{name} must have a contiguous last dim"
+        if any((s * t.element_size()) % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
+            return False, f"{name} needs 16-byte aligned strides and data pointer (TMA)"
+    cfg = choose_config(d, dv)
+    if block_q is not None and block_q % cfg.tile_m:
+        return False, f"BlockMask Q block {block_q} must be a multiple of {cfg.tile_m}"
+    if block_kv is not None and block_kv % cfg.tile_n:
+        return False, f"BlockMask KV block {block_kv} must be a multiple of {cfg.tile_n} (hdim {d})"
+    return True, ""
+
+
+# ---------------------------------------------------------------------- compilation
+def _sym():
+    _, cute = _cutlass()
+    return cute.sym_int()
+
+
+def _fake(dtype, ndim, static_last=None, contiguous_last=True, align=16, tma=True):
+    """A fake tensor with dynamic sizes/strides (optionally static last size, unit last stride).
+
+    tma: promise 16-byte aligned strides (what TMA needs); LSE-like outputs promise nothing."""
+    _, cute = _cutlass()
+    shape = tuple(_sym() for _ in range(ndim - 1)) + (static_last if static_last else _sym(),)
+    div = max(1, 128 // dtype.width) if (contiguous_last and tma) else 1
+    strides = tuple(cute.sym_int64(divisibility=div) for _ in range(ndim - 1))
+    strides += (1,) if contiguous_last else (cute.sym_int64(),)
+    return cute.runtime.make_fake_tensor(dtype, shape, stride=strides,
+                                         assumed_align=align if contiguous_last else None)
+
+
+def _scalar_fake(t: str):
+    cutlass, _ = _cutlass()
+    return cutlass.Float32(0.0) if t == "f32" else cutlass.Int32(0)
+
+
+def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, options=""):
+    cutlass, cute = _cutlass()
+    from .hopper_fwd import HopperFlexFwd
+
+    kernel = HopperFlexFwd(dtype, cfg, score_mod, mask_mod, has_sparse, has_full)
+    q = _fake(dtype, 4, cfg.head_dim)
+    k = _fake(dtype, 4, cfg.head_dim)
+    v = _fake(dtype, 4, cfg.head_dim_v)
+    o = _fake(dtype, 4, cfg.head_dim_v)
+    lse = _fake(cutlass.Float32, 3, align=4, tma=False)
+    mx = _fake(cutlass.Float32, 3, align=4, tma=False) if has_max else None
+    sparse = None
+    if has_sparse:
+        i32 = cutlass.Int32
+        sparse = (_fake(i32, 3, contiguous_last=False), _fake(i32, 4, contiguous_last=False),
+                  _fake(i32, 3, contiguous_last=False) if has_full else None,
+                  _fake(i32, 4, contiguous_last=False) if has_full else None)
+    mods = [m for m in (score_mod, mask_mod) if m is not None]
+    aux_t = tuple(_fake(_dtype_from_name(dt), nd, contiguous_last=False)
+                  for m in mods for (dt, nd) in m.buffer_specs)
+    aux_s = tuple(_scalar_fake(t) for m in mods for t in m.scalar_types)
+    stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+    # Empty tuples are not jit arguments: an absent group travels as None.
+    return cute.compile(kernel, q, k, v, o, lse, mx, cutlass.Float32(1.0), sparse,
+                        cutlass.Int32(128), cutlass.Int32(1), cutlass.Int32(132),
+                        aux_t or None, aux_s or None, stream,
+                        options=("--enable-tvm-ffi " + options).strip())
+
+
+def _key(dtype_name, cfg, score_mod, mask_mod, has_sparse, has_full, has_max):
+    return cache.CompileKey(
+        kernel="hopper_flex_fwd", arch=ARCH, dtype=dtype_name, config=cfg,
+        score_mod=score_mod.cache_key() if score_mod else None,
+        mask_mod=mask_mod.cache_key() if mask_mod else None,
+        sparse=(has_sparse, has_full), has_max=has_max)
+
+
+def compile_only(arch: str = "sm_90a", dtype=torch.bfloat16, head_dim: int = 128,
+                 head_dim_v: Optional[int] = None, score_mod=None, mask_mod=None,
+                 block_sparse: bool = True, has_full: bool = True, need_max_scores: bool = False,
+                 config=None, options: str = ""):
+    """Compile (no launch, no GPU needed) and return the compiled object.
+
+    score_mod / mask_mod: ModSpec, TracedMod, or None. config: FwdConfig override.
+    options: extra cute.compile options (e.g. "--keep-ptx"; bypasses the cache)."""
+    os.environ.setdefault("CUTE_DSL_ARCH", arch)
+    if os.environ["CUTE_DSL_ARCH"] != arch:
+        raise RuntimeError(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']} but arch={arch} requested")
+    head_dim_v = head_dim if head_dim_v is None else head_dim_v
+    score_mod, mask_mod = _as_spec(score_mod, "score"), _as_spec(mask_mod, "mask")
+    cfg = config or choose_config(head_dim, head_dim_v)
+    build = lambda: _compile(_cute_dtype(dtype), cfg, score_mod, mask_mod, block_sparse,
+                             block_sparse and has_full, need_max_scores, options)
+    if options:
+        return build()
+    key = _key(str(dtype), cfg, score_mod, mask_mod, block_sparse, block_sparse and has_full,
+               need_max_scores)
+    return cache.get_or_compile(key, build, for_launch=False)
+
+
+def _as_spec(mod, kind: str) -> Optional[ModSpec]:
+    if mod is None or isinstance(mod, ModSpec):
+        return mod
+    from .mods import from_traced
+
+    return from_traced(mod, kind)
+
+
+# ---------------------------------------------------------------------------- launch
+_launch_cache: dict = {}  # fast path: hashable call signature -> (compiled fn, config)
+
+
+def _mod_id(mod):
+    if mod is None:
+        return None
+    if isinstance(mod, ModSpec):
+        return mod.cache_key()
+    return mod.cache_key  # TracedMod: graph key (covers captured dtypes / ranks)
+
+
+def flash_attn_fwd(q, k, v, *, scale: Optional[float] = None, block_sparse=None,
+                   score_mod=None, mask_mod=None, return_lse: bool = True,
+                   return_max_scores: bool = False, _config=None):
+    """Returns (out (B,Hq,Sq,Dv) q.dtype, lse (B,Hq,Sq) fp32 natural log, max or None).
+
+    block_sparse: (kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, Q_BS, KV_BS)
+        or a mod_codegen.kernel_args.BlockSparseTensors; leading dims (B' in {1, B},
+        H' in {1, Hq}); Q_BS a multiple of 128, KV_BS a multiple of the kv tile (128, or 64
+        for head dims > 128).
+    score_mod / mask_mod: TracedMod (from mod_codegen.trace) or ModSpec.
+    _config: a FwdConfig overriding the heuristic (benchmarks only)."""
+    if block_sparse is not None and hasattr(block_sparse, "kv_num_blocks"):
+        # mod_codegen.kernel_args.BlockSparseTensors (duck-typed: no import needed)
+        bs = block_sparse
+        block_sparse = (bs.kv_num_blocks, bs.kv_indices, bs.full_kv_num_blocks,
+                        bs.full_kv_indices, bs.block_size_q, bs.block_size_kv)
+    q_bs = kv_bs = None
+    if block_sparse is not None:
+        q_bs, kv_bs = block_sparse[4], block_sparse[5]
+    ok, why = can_implement(q, k, v, block_q=q_bs, block_kv=kv_bs,
+                            has_score_mod=score_mod is not None, has_mask_mod=mask_mod is not None,
+                            need_max_scores=return_max_scores)
+    if not ok:
+        raise ValueError(f"cute_kernels.flash_attn_fwd: {why}")
+    B, Hq, Sq, D = q.shape
+    Dv = v.shape[-1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    has_sparse = block_sparse is not None
+    has_full = has_sparse and block_sparse[2] is not None
+    sig = (q.dtype, D, Dv, _mod_id(score_mod), _mod_id(mask_mod), has_sparse, has_full,
+           return_max_scores, _config)
+    hit = _launch_cache.get(sig)
+    if hit is None:
+        spec_s, spec_m = _as_spec(score_mod, "score"), _as_spec(mask_mod, "mask")
+        cfg = _config or choose_config(D, Dv)
+        key = _key(str(q.dtype), cfg, spec_s, spec_m, has_sparse, has_full, return_max_scores)
+        fn = cache.get_or_compile(
+            key, lambda: _compile(_cute_dtype(q.dtype), cfg, spec_s, spec_m, has_sparse,
+                                  has_full, return_max_scores))
+        flash_attn_fwd.last_compile_seconds = cache.last_compile_seconds
+        hit = _launch_cache[sig] = (fn, cfg)
+    else:
+        flash_attn_fwd.last_compile_seconds = 0.0
+    fn, cfg = hit
+
+    out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
+    mx = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device) if return_max_scores else None
+    sparse = None
+    q_block, kv_ratio = 128, 1
+    if has_sparse:
+        cnt, idx, fcnt, fidx = (t if t is None or t.dtype == torch.int32 else t.to(torch.int32)
+                                for t in block_sparse[:4])
+        sparse = (cnt, idx, fcnt if has_full else None, fidx if has_full else None)
+        q_block, kv_ratio = int(q_bs), int(kv_bs) // cfg.tile_n
+    aux_t, aux_s = _runtime_aux(score_mod, mask_mod)
+    fn(q, k, v, out, lse, mx, float(scale), sparse, q_block, kv_ratio, _num_sms(q.device),
+       aux_t or None, aux_s or None)
+    return out, (lse if return_lse else None), mx
+
+
+flash_attn_fwd.last_compile_seconds = 0.0
+
+
+def _runtime_aux(*mods):
+    """Captured tensors and scalars of the mods, in the order the kernel expects."""
+    tensors, scalars = [], []
+    for m in mods:
+        if m is None or isinstance(m, ModSpec):
+            continue
+        from mod_codegen.emit_cute import runtime_buffers, runtime_scalars
+
+        tensors.extend(runtime_buffers(m))
+        scalars.extend(runtime_scalars(m))
+    return tuple(tensors), tuple(scalars)

@@ -1,0 +1,102 @@
+"""Online softmax over one warpgroup's (64 x tile_n) score fragment, base 2.
+
+Each thread owns 2 rows of the 64-row slab; a row is spread over the 4 threads of a
+quad, so row reductions are a local reduction plus two butterfly shuffles.
+The softmax scale (times log2(e)) is folded into the exponent, so the scores are never
+rescaled in place: p = exp2(s * scale_log2 - m * scale_log2).
+"""
+import math
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, const_expr
+
+from .fragments import as_mn
+
+LOG2_E = math.log2(math.e)
+LN_2 = math.log(2.0)
+
+
+class OnlineSoftmax:
+    """Running row max / row sum in registers. Not a device object: a trace-time helper
+    holding references to two rmem tensors (they are mutated in place)."""
+
+    def __init__(self, scale_log2: Float32, num_rows: int, _state=None):
+        if _state is not None:  # rebuilt from IR values (see __new_from_mlir_values__)
+            self.scale_log2, self.row_max, self.row_sum = _state
+            return
+        self.scale_log2 = scale_log2
+        self.row_max = cute.make_rmem_tensor(num_rows, Float32)
+        self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
+        self.row_max.fill(-Float32.inf)
+        self.row_sum.fill(0.0)
+
+    def reset(self):
+        self.row_max.fill(-Float32.inf)
+        self.row_sum.fill(0.0)
+
+    # Lets the object cross dynamic `if` / `for` regions of the DSL.
+    def __extract_mlir_values__(self):
+        parts = [cutlass.extract_mlir_values(x) for x in (self.scale_log2, self.row_max, self.row_sum)]
+        self._lens = [len(p) for p in parts]
+        return [v for p in parts for v in p]
+
+    def __new_from_mlir_values__(self, values):
+        out, pos = [], 0
+        for x, n in zip((self.scale_log2, self.row_max, self.row_sum), self._lens):
+            out.append(cutlass.new_from_mlir_values(x, values[pos:pos + n]))
+            pos += n
+        return OnlineSoftmax(None, 0, _state=tuple(out))
+
+    @cute.jit
+    def step(self, acc_S: cute.Tensor) -> cute.Tensor:
+        """Exponentiate acc_S in place (it becomes P) and return the factor by which the
+        O accumulator rows must be rescaled."""
+        s_mn = as_mn(acc_S)
+        row_scale = cute.make_rmem_tensor_like(self.row_max, Float32)
+        for r in cutlass.range_constexpr(cute.size(self.row_max)):
+            row = s_mn[r, None].load()
+            m_new = row.reduce(cute.ReductionOp.MAX, self.row_max[r], 0)
+            m_new = cute.arch.warp_reduction_max(m_new, threads_in_group=4)
+            m_prev = self.row_max[r]
+            self.row_max[r] = m_new
+            # Note [fully masked rows]: while a row has seen only -inf, shift by 0 so
+            # exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
+            m_safe = m_new if m_new != -Float32.inf else Float32(0.0)
+            shift = m_safe * self.scale_log2
+            p = cute.math.exp2(row * self.scale_log2 - shift, fastmath=True)
+            row_scale[r] = cute.math.exp2(m_prev * self.scale_log2 - shift, fastmath=True)
+            self.row_sum[r] = self.row_sum[r] * row_scale[r] + p.reduce(
+                cute.ReductionOp.ADD, Float32(0.0), 0
+            )
+            s_mn[r, None].store(p)
+        return row_scale
+
+    @cute.jit
+    def finalize(self):
+        """Reduce row sums across the quad; return (1/sum, lse_natural, max_natural).
+
+        Empty rows (sum 0) get 1/sum = 0 (so O = 0) and lse = -inf."""
+        inv = cute.make_rmem_tensor_like(self.row_sum, Float32)
+        lse = cute.make_rmem_tensor_like(self.row_sum, Float32)
+        mx = cute.make_rmem_tensor_like(self.row_sum, Float32)
+        for r in cutlass.range_constexpr(cute.size(self.row_sum)):
+            s = cute.arch.warp_reduction_sum(self.row_sum[r], threads_in_group=4)
+            m = self.row_max[r]
+            # s > 0 is false for 0 and for NaN: such rows are empty.
+            inv[r] = cute.arch.rcp_approx(s) if s > 0.0 else Float32(0.0)
+            m_safe = m if m != -Float32.inf else Float32(0.0)
+            lse[r] = (
+                (m_safe * self.scale_log2 + cute.math.log2(s, fastmath=True)) * LN_2
+                if s > 0.0
+                else -Float32.inf
+            )
+            mx[r] = m * (self.scale_log2 * LN_2)
+        return inv, lse, mx
+
+
+@cute.jit
+def rescale_rows(acc_O: cute.Tensor, row_scale: cute.Tensor):
+    o_mn = as_mn(acc_O)
+    for r in cutlass.range_constexpr(cute.size(row_scale)):
+        o_mn[r, None].store(o_mn[r, None].load() * row_scale[r])
