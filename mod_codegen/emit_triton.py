@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from .emit_base import TextEmitter
-from .ir import DType, Graph, Node, Op
+from .ir import DType, Graph, Node, Op, depends_on
 
 INPUTS = {
     "score_mod": ("score", "b", "h", "q_idx", "kv_idx"),
@@ -115,6 +115,11 @@ class TritonEmitter(TextEmitter):
     def function(self, name: str) -> str:
         params = ", ".join(INPUTS[self.graph.kind] + ("bufs", "sizes", "strides", "scalars"))
         lines, outs = self.body(self.graph)
+        tile_inputs = {"score_mod": ("score",), "score_mod_grad": ("score", "grad")}.get(self.graph.kind, ())
+        if tile_inputs and not any(depends_on(self.graph, self.graph.output, x) for x in tile_inputs):
+            # a score that ignores `score` (a constant, slopes[h], q_idx.float()) must still be a
+            # full tile for the kernel's row reductions
+            lines.append(f"{outs[0]} = {outs[0]} + tl.zeros_like(score)")
         ret = outs[0] if len(outs) == 1 else "(" + ", ".join(outs) + ",)"
         body = "\n".join(self.indent + ln for ln in lines + [f"return {ret}"])
         return f"@triton.jit\ndef {name}({params}):\n{body}\n"

@@ -249,6 +249,14 @@ def prune(graph: Graph) -> Graph:
     return Graph(nodes, tuple(remap[o] for o in graph.outputs), graph.buffers, graph.scalars, graph.kind)
 
 
+def depends_on(graph: Graph, node: int, input_name: str) -> bool:
+    """Whether `node`'s value depends on the named input."""
+    seen: dict[int, bool] = {}
+    for i, n in enumerate(graph.nodes[: node + 1]):
+        seen[i] = (n.op is Op.INPUT and n.attr == input_name) or any(seen[a] for a in n.args)
+    return seen[node]
+
+
 def verify(graph: Graph) -> None:
     """Structural checks every pass and emitter may rely on."""
     for i, n in enumerate(graph.nodes):
