@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One device call: the GPU tests, then a timed slice of the benchmark sweep.
+# Run on the GPU machine after the bundle is set up (see BENCHMARKS.md):
+#   bash benchmarks/device_run.sh tests            # GPU correctness tests (~4 min)
+#   bash benchmarks/device_run.sh bench fwd 8192   # one sweep slice, results under $OUT
+set -uo pipefail
+OUT="${OUT:-/tmp/flex_fa4_out}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+case "${1:-tests}" in
+tests)
+  # autotuning off: correctness does not need the fastest tile, and it saves minutes
+  FLEX_FA4_TRITON_AUTOTUNE=0 timeout 420 python3 -m pytest -q -p no:cacheprovider \
+    tests/test_gpu_end_to_end.py tests/test_cute_mod_codegen.py tests/test_triton_backend.py \
+    tests/test_triton_kernels.py -k "gpu or forward_backward or auto or triton_backend" \
+    2>&1 | tee "$OUT/gpu_tests.log"
+  python3 - <<'PY' 2>&1 | tee "$OUT/mask_build.log"
+import time, torch
+from flex_fa4 import create_block_mask
+from flex_fa4.mods import generate_doc_mask, doc_ids_from_offsets
+S = 131072
+offsets = torch.sort(torch.randint(1, S, (63,))).values
+doc = doc_ids_from_offsets(torch.cat([torch.tensor([0]), offsets, torch.tensor([S])])).cuda()
+mask = generate_doc_mask(doc)
+create_block_mask(mask, None, None, 4096, 4096, device="cuda")  # warm-up: tracing, kernels
+torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+t = time.perf_counter()
+bm = create_block_mask(mask, None, None, S, S, device="cuda")
+torch.cuda.synchronize()
+print(f"create_block_mask document mask S={S}: {time.perf_counter() - t:.2f} s, "
+      f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, sparsity {bm.sparsity():.1f}%")
+PY
+  ;;
+bench)
+  mode="${2:-fwd}"; seqlens="${3:-8192}"; limit="${4:-420}"
+  timeout $((limit + 150)) python3 -m flex_fa4 bench --modes "$mode" --seqlens "$seqlens" --time-limit "$limit" \
+    --no-progress --out "$OUT/bench_${mode}_${seqlens}" 2>&1 | tee "$OUT/bench_${mode}_${seqlens}.log"
+  ;;
+esac
