@@ -35,7 +35,8 @@ PY
   ;;
 bench)
   mode="${2:-fwd}"; seqlens="${3:-8192}"; limit="${4:-420}"
+  tag="bench_${mode//,/_}_${seqlens//,/_}"  # $OUT names may hold only letters, digits, '.', '_', '-'
   timeout $((limit + 150)) python3 -m flex_fa4 bench --modes "$mode" --seqlens "$seqlens" --time-limit "$limit" \
-    --no-progress --out "$OUT/bench_${mode}_${seqlens}" 2>&1 | tee "$OUT/bench_${mode}_${seqlens}.log"
+    --no-progress --out "$OUT/$tag" 2>&1 | tee "$OUT/$tag.log"
   ;;
 esac

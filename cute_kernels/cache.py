@@ -2,9 +2,17 @@
 cache of exported TVM-FFI modules.
 
 Disk cache: directory $FLEX_FA4_CACHE_DIR (default ~/.cache/flex_fa4), one
-`<digest>.so` per compile key; set FLEX_FA4_DISK_CACHE=0 to disable. Files are written
-to a temporary name and renamed into place, so two processes compiling the same kernel
-at once both succeed and readers never see a partial file.
+`<digest>.so` per compile key. Files are written to a temporary name and renamed into
+place, so two processes compiling the same kernel at once both succeed and readers never
+see a partial file.
+
+Note [disk cache is opt-in]: FLEX_FA4_DISK_CACHE=1 turns it on. It is off by default
+because, on the device H200 on 2026-11-21, a benchmark process whose first fa4 call
+loaded a kernel exported by an earlier process segfaulted inside cuLaunchKernelEx
+(`python -m flex_fa4 bench --modes fwdbwd` after a `--modes fwd` run); the same sweep
+with the cache off ran clean, and tests/test_cute_disk_cache.py (one kernel, a
+fresh directory) passes. Until the cause is found, each process compiles (1-3 s a
+variant) and keeps kernels in memory.
 """
 from __future__ import annotations
 
@@ -63,7 +71,7 @@ def cache_dir() -> str:
 
 
 def _disk_enabled() -> bool:
-    return os.environ.get("FLEX_FA4_DISK_CACHE", "1") != "0"
+    return os.environ.get("FLEX_FA4_DISK_CACHE", "0") == "1"  # Note [disk cache is opt-in]
 
 
 def get_or_compile(key: CompileKey, compile_fn: Callable[[], Any], *, for_launch: bool = True):

@@ -197,10 +197,17 @@ def launch(kernel, tiles: tuple[Tile, ...], grid, args: tuple, consts: dict, key
     Autotuner.run costs ~30 us of Python per call, which shows in short launches."""
     args = args + (hash(key) & 0x7FFFFFFF,)  # the kernels' last argument, `tune_key`
     if not autotune_enabled():
-        t = fitting(tiles, block_q, block_kv)[0]
-        meta = dict(BLOCK_M=t.m, BLOCK_N=t.n)
-        kernel[grid(meta)](*args, **consts, **meta, num_warps=t.warps, num_stages=t.stages)
-        return
+        # the first tile that compiles within this GPU's resources (a mod's loads can push a
+        # tile's shared memory past the limit, which only the compiler knows)
+        candidates = fitting(tiles, block_q, block_kv)
+        for i, t in enumerate(candidates):
+            meta = dict(BLOCK_M=t.m, BLOCK_N=t.n)
+            try:
+                kernel[grid(meta)](*args, **consts, **meta, num_warps=t.warps, num_stages=t.stages)
+                return
+            except triton.runtime.errors.OutOfResources:
+                if i == len(candidates) - 1:
+                    raise
     full_key = (kernel, tiles, key)
     cfg = _CHOSEN.get(full_key)
     if cfg is not None:
