@@ -15,16 +15,24 @@ class _KernelAttention(torch.autograd.Function):
         out, lse, max_scores = backend.forward(call)
         ctx.backend, ctx.call = backend, call
         ctx.save_for_backward(out, lse)
-        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # an unused lse then arrives as None, not zeros
         if max_scores is None:
             return out, lse
         ctx.mark_non_differentiable(max_scores)
         return out, lse, max_scores
 
     @staticmethod
-    def backward(ctx, dout, *unused_aux_grads):
+    def backward(ctx, dout, dlse=None, *unused):
+        if dlse is not None:
+            # the kernels' backward takes dO only; a silent zero would be a wrong gradient
+            raise NotImplementedError(
+                f"backward through the returned LSE is not supported by backend {ctx.backend.name!r}; "
+                "use backend='reference', or detach the LSE"
+            )
         out, lse = ctx.saved_tensors
         call = ctx.call
+        if dout is None:
+            dout = torch.zeros_like(out)
         dq, dk, dv, dbuffers = ctx.backend.backward(call, out, lse, dout.contiguous())
         n = len(call.score_mod.buffers) if call.score_mod is not None else 0
         dbuffers = list(dbuffers or []) + [None] * n

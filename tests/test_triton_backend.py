@@ -44,3 +44,13 @@ def test_triton_backend_document_mask(seed):
     out = flex_attention(q, k, v, block_mask=create_block_mask(mask_mod, None, None, Q, Q, device=DEVICE,
                                                                BLOCK_SIZE=32), backend="triton")
     assert rel_err(out, dense_attention(q, k, v, None, mask_mod)[0]) < 1e-4
+
+
+def test_gradient_through_lse_is_refused_not_dropped(seed):
+    q, k, v = (torch.randn(1, 1, 40, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    out, lse = flex_attention(q, k, v, return_lse=True, backend="triton")
+    with pytest.raises(NotImplementedError, match="through the returned LSE"):
+        (out.sum() + lse.sum()).backward()
+    out, lse = flex_attention(q, k, v, return_lse=True, backend="triton")
+    (out.sum() + lse.detach().sum()).backward()  # a detached LSE is fine
+    assert torch.isfinite(q.grad).all()
