@@ -12,10 +12,12 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 case "${1:-tests}" in
 tests)
   # autotuning off: correctness does not need the fastest tile, and it saves minutes
-  FLEX_FA4_TRITON_AUTOTUNE=0 timeout 420 python3 -m pytest -q -p no:cacheprovider \
+  FLEX_FA4_TRITON_AUTOTUNE=0 timeout 480 python3 -m pytest -q -p no:cacheprovider \
     tests/test_gpu_end_to_end.py tests/test_cute_mod_codegen.py tests/test_triton_backend.py \
-    tests/test_triton_kernels.py -k "gpu or forward_backward or auto or triton_backend" \
+    tests/test_cute_fwd_gpu.py tests/test_cute_disk_cache.py \
+    tests/test_triton_kernels.py -k "gpu or forward_backward or auto or triton_backend or disk" \
     2>&1 | tee "$OUT/gpu_tests.log"
+  rc=${PIPESTATUS[0]}
   python3 - <<'PY' 2>&1 | tee "$OUT/mask_build.log"
 import time, torch
 from flex_fa4 import create_block_mask
@@ -32,11 +34,13 @@ torch.cuda.synchronize()
 print(f"create_block_mask document mask S={S}: {time.perf_counter() - t:.2f} s, "
       f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, sparsity {bm.sparsity():.1f}%")
 PY
+  exit "$rc"
   ;;
 bench)
   mode="${2:-fwd}"; seqlens="${3:-8192}"; limit="${4:-420}"
   tag="bench_${mode//,/_}_${seqlens//,/_}"  # $OUT names may hold only letters, digits, '.', '_', '-'
   timeout $((limit + 150)) python3 -m flex_fa4 bench --modes "$mode" --seqlens "$seqlens" --time-limit "$limit" \
     --no-progress --out "$OUT/$tag" 2>&1 | tee "$OUT/$tag.log"
+  exit "${PIPESTATUS[0]}"
   ;;
 esac

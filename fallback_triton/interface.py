@@ -22,6 +22,7 @@ them (default on in the interpreter, off on GPUs).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import torch
@@ -147,6 +148,11 @@ def attention_backward(
     prob = Problem.of(q, k, v, block_sparse)
     kv_part, kv_full = kv_lists(block_sparse)
     q_part, q_full = q_lists(block_sparse)
+    if score_mod is not None and not all(b.is_contiguous() for b in score_mod.buffers):
+        # buffer gradients are scattered over the buffer's storage: in a broadcast
+        # (stride-0) view every alias would add into one cell, counted again by the
+        # view's own backward; a dense copy (same values) has one cell per element
+        score_mod = dataclasses.replace(score_mod, buffers=[b.contiguous() for b in score_mod.buffers])
     score, mask = mod_launch(score_mod), mod_launch(mask_mod)
     grad = grad_launch(score_mod, q.device, buffer_requires_grad)
     if prob.seq_q == 0 or prob.seq_k == 0:

@@ -6,6 +6,8 @@ returned in torch's conventions: `out`, `(out, lse)` with return_lse, or
 `(out, AuxOutput)` with return_aux."""
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -36,15 +38,13 @@ class AuxOutput(NamedTuple):
 
 # kernel_options["BACKEND"] values torch users already write
 _TORCH_BACKEND_NAMES = {"FLASH": "fa4", "TRITON": "triton", "AUTO": "auto", "DEFAULT": "auto"}
-_full_masks: dict[tuple, BlockMask] = {}
+_KNOWN_KERNEL_OPTIONS = frozenset({"BACKEND", "deterministic"})
 
 
+@functools.lru_cache(maxsize=32)  # bounded: a decode loop with a growing KV length must not leak
 def _default_block_mask(q_len: int, kv_len: int, device: torch.device) -> BlockMask:
     """No block_mask: every block visited (cut blocks at the sequence end partial)."""
-    key = (q_len, kv_len, str(device))
-    if key not in _full_masks:
-        _full_masks[key] = create_block_mask(noop_mask, None, None, q_len, kv_len, device=device)
-    return _full_masks[key]
+    return create_block_mask(noop_mask, None, None, q_len, kv_len, device=device)
 
 
 def _check_captured(traced: TracedMod, device: torch.device) -> None:
@@ -76,6 +76,12 @@ def _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, nee
         raise TypeError(f"score_mod must be callable or None, got {type(score_mod).__name__}")
     if kernel_options is not None and not isinstance(kernel_options, dict):
         raise TypeError(f"kernel_options must be a dict or None, got {type(kernel_options).__name__}")
+    unknown = sorted(set(kernel_options or ()) - _KNOWN_KERNEL_OPTIONS)
+    if unknown:  # torch's tuning keys (BLOCK_M, num_warps, ...) mean nothing here: say so once
+        from .backends import _log_once
+
+        _log_once(logging.WARNING, f"flex_fa4 ignores kernel_options {unknown}; it understands "
+                                   f"{sorted(_KNOWN_KERNEL_OPTIONS)}")
     dense = block_mask is None
     if dense:
         block_mask = _default_block_mask(query.shape[2], key.shape[2], query.device)

@@ -14,7 +14,9 @@ class _KernelAttention(torch.autograd.Function):
     def forward(ctx, backend: Backend, call: AttentionCall, q, k, v, *buffers):
         out, lse, max_scores = backend.forward(call)
         ctx.backend, ctx.call = backend, call
-        ctx.save_for_backward(out, lse)
+        # saving the inputs (not only reading them off `call`) lets autograd detect an
+        # in-place change between forward and backward, as it does for torch ops
+        ctx.save_for_backward(out, lse, q, k, v, *buffers)
         ctx.set_materialize_grads(False)  # an unused lse then arrives as None, not zeros
         if max_scores is None:
             return out, lse
@@ -29,7 +31,7 @@ class _KernelAttention(torch.autograd.Function):
                 f"backward through the returned LSE is not supported by backend {ctx.backend.name!r}; "
                 "use backend='reference', or detach the LSE"
             )
-        out, lse = ctx.saved_tensors
+        out, lse, *_ = ctx.saved_tensors  # unpacking runs autograd's version check
         call = ctx.call
         if dout is None:
             dout = torch.zeros_like(out)

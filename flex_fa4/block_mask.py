@@ -83,6 +83,18 @@ def _dense_from_ordered(counts: torch.Tensor, indices: torch.Tensor, n_cols: int
     return dense[..., :n_cols]
 
 
+def _check_block_list(name: str, num: torch.Tensor, idx: torch.Tensor, n_cols: int) -> None:
+    """Kernels trust these lists: counts within [0, n], listed indices in range, no repeats."""
+    if ((num < 0) | (num > n_cols)).any():
+        raise ValueError(f"{name}_num_blocks must lie in [0, {n_cols}]")
+    used = torch.arange(idx.shape[-1], device=idx.device) < num.unsqueeze(-1)
+    if ((idx < 0) | (idx >= n_cols))[used].any():
+        raise ValueError(f"{name}_indices lists a block outside [0, {n_cols})")
+    dense = _dense_from_ordered(num, idx, n_cols)
+    if (dense.sum(-1) != num).any():
+        raise ValueError(f"{name}_indices lists a block twice in one row")
+
+
 class BlockMask:
     """See the module docstring. Build one with `create_block_mask` or
     `BlockMask.from_kv_blocks`."""
@@ -144,9 +156,13 @@ class BlockMask:
             raise ValueError("give both full_kv_num_blocks and full_kv_indices, or neither")
         bs = (BLOCK_SIZE, BLOCK_SIZE) if isinstance(BLOCK_SIZE, int) else tuple(BLOCK_SIZE)
         n_kv = kv_indices.shape[-1]
+        _check_block_list("kv", kv_num_blocks, kv_indices, n_kv)
         partial = _dense_from_ordered(kv_num_blocks, kv_indices, n_kv)
         if full_kv_indices is not None:
+            _check_block_list("full_kv", full_kv_num_blocks, full_kv_indices, n_kv)
             full = _dense_from_ordered(full_kv_num_blocks, full_kv_indices, n_kv)
+            if (partial & full).any():
+                raise ValueError("a kv block is listed both as partial and as full in the same row")
         else:
             full = torch.zeros_like(partial)
         if seq_lengths is None:

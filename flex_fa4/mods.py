@@ -93,13 +93,14 @@ def alibi_slopes(num_heads: int, device=None) -> torch.Tensor:
     return torch.tensor(s, dtype=torch.float32, device=device)
 
 
-def generate_alibi_bias(num_heads: int | None = None, slopes: torch.Tensor | None = None):
+def generate_alibi_bias(num_heads: int | None = None, slopes: torch.Tensor | None = None, device=None):
     """ALiBi: add slope[h] * (kv_idx - q_idx) to the score. The slopes tensor is
-    captured (and gets a gradient if it requires one)."""
+    captured (and gets a gradient if it requires one); build it on the device the
+    queries live on (`device=`), as every captured tensor must be."""
     if slopes is None:
         if num_heads is None:
             raise ValueError("give num_heads or slopes")
-        slopes = alibi_slopes(num_heads)
+        slopes = alibi_slopes(num_heads, device=device)
 
     def alibi(score, b, h, q_idx, kv_idx):
         return score + slopes[h] * (kv_idx - q_idx)

@@ -2,6 +2,8 @@
 and, where there is one, the fix. Run once per call, before any backend."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -66,5 +68,9 @@ def check_block_mask(block_mask, q: torch.Tensor, k: torch.Tensor) -> None:
 
 
 def check_scale(scale) -> None:
-    if scale is not None and not isinstance(scale, (int, float)):
+    if scale is None:
+        return
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a Python number or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")

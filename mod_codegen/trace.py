@@ -556,10 +556,19 @@ def _fingerprint(obj, depth: int = 0):
             if name in g and not isinstance(g[name], types.ModuleType):
                 parts.append((name, _fingerprint(g[name], depth + 1)))
         return ("f", tuple(parts))
-    return ("o", id(obj))
+    if isinstance(obj, (type, types.BuiltinFunctionType)):
+        return ("c", id(obj))  # classes and builtins: what they do does not change
+    return _UNCACHEABLE  # any other object may hold tensors we cannot see change
 
 
+_UNCACHEABLE = ("uncacheable",)
 _TRACES: "weakref.WeakKeyDictionary[Callable, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _contains(fp, marker) -> bool:
+    if fp == marker:
+        return True
+    return isinstance(fp, tuple) and any(_contains(x, marker) for x in fp)
 
 
 def trace_cached(fn: Callable, kind: str) -> TracedMod:
@@ -570,6 +579,8 @@ def trace_cached(fn: Callable, kind: str) -> TracedMod:
     if not isinstance(fn, types.FunctionType):
         return tracer_fn(fn)
     fp = _fingerprint(fn)
+    if _contains(fp, _UNCACHEABLE):  # e.g. a mod reading cfg.bias: retrace every call (~0.2 ms)
+        return tracer_fn(fn)
     hit = _TRACES.get(fn)
     if hit is not None and hit[0] == fp:
         return hit[1]

@@ -185,3 +185,18 @@ def test_default_pytest_run_leaves_benchmarks_out():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert cfg["testpaths"] == ["tests"]
     assert not any(p.name.startswith("test_") for p in (ROOT / "tests").glob("**/bench*"))
+
+
+def test_an_error_in_one_of_ours_fails_the_command(tmp_path):
+    def broken(case, m):
+        def fn(q, k, v):
+            raise RuntimeError("kernel exploded")
+        return Prepared(fn)
+
+    register(Runner("test_ours_broken", broken, ours=True))
+    try:
+        rc = bench_main(["--variants", "causal", "--backends", "test_ours_broken,reference", "--out", str(tmp_path),
+                         *TINY])
+    finally:
+        unregister("test_ours_broken")
+    assert rc == 1

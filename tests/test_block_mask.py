@@ -5,6 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flex_fa4
+from mod_codegen import UnsupportedModError
 from flex_fa4 import BlockMask, and_masks, create_block_mask, noop_mask, or_masks
 from flex_fa4.mods import (causal_mask, doc_ids_from_offsets, generate_doc_mask, generate_prefix_lm_mask,
                            generate_sliding_window)
@@ -107,7 +108,7 @@ def test_create_block_mask_errors():
         create_block_mask("causal", 1, 1, 8, 8, device="cpu")
     with pytest.raises(ValueError, match="positive"):
         create_block_mask(causal_mask, 1, 1, 0, 8, device="cpu")
-    with pytest.raises(Exception, match="boolean"):
+    with pytest.raises(UnsupportedModError, match="boolean"):
         create_block_mask(lambda b, h, q, kv: q - kv, 1, 1, 8, 8, device="cpu")
 
 
@@ -115,3 +116,16 @@ def test_public_names():
     for name in ("flex_attention", "create_block_mask", "BlockMask", "and_masks", "or_masks", "noop_mask",
                  "AuxRequest", "explain"):
         assert hasattr(flex_fa4, name)
+
+
+def test_from_kv_blocks_rejects_inconsistent_lists():
+    num = torch.tensor([[[1, 1]]], dtype=torch.int32)
+    idx = torch.tensor([[[[0, 1], [1, 0]]]], dtype=torch.int32)
+    with pytest.raises(ValueError, match="both as partial and as full"):
+        BlockMask.from_kv_blocks(num, idx, num, idx, BLOCK_SIZE=16)
+    with pytest.raises(ValueError, match="outside"):
+        BlockMask.from_kv_blocks(num, torch.tensor([[[[2, 0], [1, 0]]]], dtype=torch.int32), BLOCK_SIZE=16)
+    with pytest.raises(ValueError, match="twice"):
+        BlockMask.from_kv_blocks(num + 1, torch.tensor([[[[0, 0], [1, 1]]]], dtype=torch.int32), BLOCK_SIZE=16)
+    with pytest.raises(ValueError, match="must lie in"):
+        BlockMask.from_kv_blocks(num + 2, idx, BLOCK_SIZE=16)

@@ -77,6 +77,8 @@ def test_unknown_backend_and_options():
         flex_attention(q, k, v, kernel_options={"BACKEND": "NOPE"})
     with pytest.raises(TypeError, match="scale must be"):
         flex_attention(q, k, v, scale="0.1")
+    with pytest.raises(ValueError, match="scale must be finite"):
+        flex_attention(q, k, v, scale=float("nan"))
     with pytest.raises(ValueError, match="not both"):
         flex_attention(q, k, v, return_lse=True, return_aux=AuxRequest(lse=True))
 
@@ -87,6 +89,16 @@ def test_explicit_backend_that_cannot_serve_raises_with_reason():
         flex_attention(q, k, v, backend="fa4")
     with pytest.raises(ValueError, match="backend 'fa4'"):
         flex_attention(q, k, v, kernel_options={"BACKEND": "FLASH"})
+
+
+def test_unknown_kernel_options_are_reported(caplog):
+    from flex_fa4 import backends
+
+    backends._logged.clear()
+    q, k, v = qkv()
+    with caplog.at_level(logging.WARNING, logger="flex_fa4"):
+        flex_attention(q, k, v, kernel_options={"BLOCK_M": 64, "determinstic": True})
+    assert "ignores kernel_options ['BLOCK_M', 'determinstic']" in caplog.text
 
 
 def test_explain_names_the_choice_and_reasons():

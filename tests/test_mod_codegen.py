@@ -334,3 +334,18 @@ def test_trace_cache_reuses_and_invalidates():
     f.__closure__[0].cell_contents = 3.0
     t2 = trace_cached(f, "score_mod")
     assert t1.scalars == [2.0] and t2.scalars == [3.0] and t1.cache_key == t2.cache_key
+
+
+def test_trace_cache_sees_tensors_behind_captured_objects():
+    from types import SimpleNamespace
+
+    from mod_codegen import trace_cached
+
+    cfg = SimpleNamespace(bias=torch.zeros(4))
+
+    def mod(score, b, h, q_idx, kv_idx):
+        return score + cfg.bias[h]
+
+    first = trace_cached(mod, "score_mod")
+    cfg.bias = torch.ones(4)
+    assert trace_cached(mod, "score_mod").buffers[0] is cfg.bias and first.buffers[0] is not cfg.bias

@@ -54,3 +54,30 @@ def test_gradient_through_lse_is_refused_not_dropped(seed):
     out, lse = flex_attention(q, k, v, return_lse=True, backend="triton")
     (out.sum() + lse.detach().sum()).backward()  # a detached LSE is fine
     assert torch.isfinite(q.grad).all()
+
+
+def test_broadcast_buffer_gradient_is_not_double_counted(seed):
+    """A captured tensor that is an expand() view gets each alias's gradient once."""
+    B, H, Q, D = 2, 2, 48, 16
+    base = torch.rand(H, device=DEVICE, requires_grad=True)
+    bias = base[None].expand(B, H)  # stride 0 over the batch
+
+    def slope(score, b, h, q_idx, kv_idx):
+        return score + bias[b, h] * (kv_idx - q_idx) * 0.1
+
+    q, k, v = (torch.randn(B, H, Q, D, device=DEVICE) for _ in range(3))
+    out = flex_attention(q, k, v, score_mod=slope, backend="triton")
+    ref = dense_attention(q, k, v, slope)[0]
+    dout = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, base, dout)
+    (want,) = torch.autograd.grad(ref, base, dout.double())
+    assert rel_err(got, want) < 1e-3, f"seed={seed}"
+
+
+def test_in_place_change_before_backward_is_detected(seed):
+    q, k, v = (torch.randn(1, 1, 32, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    k2 = k * 1.0
+    out = flex_attention(q, k2, v, backend="triton")
+    k2.mul_(5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

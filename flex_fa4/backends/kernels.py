@@ -68,6 +68,11 @@ class TritonBackend(Backend):
     def backward(self, call: AttentionCall, out, lse, dout):
         import fallback_triton
 
+        if call.option("deterministic", False) and call.score_mod and any(b.requires_grad for b in call.score_mod.buffers):
+            from . import _log_once
+
+            _log_once(logging.WARNING, "deterministic=True covers dQ/dK/dV; gradients of captured tensors "
+                                       "are fp32 atomic sums whose last bits may vary between runs")
         return fallback_triton.attention_backward(
             call.q, call.k, call.v, out, lse, dout, scale=call.scale, block_sparse=call.block_sparse,
             score_mod=call.score_mod, mask_mod=call.mask_mod,
@@ -86,6 +91,9 @@ class FA4Backend(Backend):
         major, minor = torch.cuda.get_device_capability(call.q.device)
         if major != 9:
             return f"the CuTeDSL kernel is built for Hopper (sm90); this GPU is sm{major}{minor}"
+        if call.scale <= 0 and call.score_mod is None:
+            # the kernel takes row maxima of the unscaled scores (scale folded into exp2)
+            return f"scale must be positive for the CuTeDSL kernel (got {call.scale}); fold a sign into a score_mod"
         module, reason = _import_cute()
         if module is None:
             return reason
@@ -115,5 +123,7 @@ class FA4Backend(Backend):
         )
 
     def backward(self, call: AttentionCall, out, lse, dout):
-        log.info("fa4 backward: running the Triton backward kernels on the fa4 forward's output and LSE")
+        from . import _log_once
+
+        _log_once(logging.INFO, "fa4 backward: running the Triton backward kernels on the fa4 forward's output and LSE")
         return TritonBackend().backward(call, out, lse, dout)

@@ -5,7 +5,7 @@ S=2048 and 8192, every standard variant, fwd and fwd+bwd, our kernels and every
 peer); on CPU a small sweep that finishes in about a minute (B=1, H=2, D=64, fp32,
 S=256 and 512, forward, the reference backend and uncompiled torch flex_attention).
 Any flag given overrides its default; --quick shrinks the defaults further.
-Exit status 1 when one of our backends is WRONG.
+Exit status 1 when one of our backends is WRONG or fails with an error.
 """
 from __future__ import annotations
 
@@ -189,4 +189,8 @@ def _report(results, meta: dict, out_dir: str) -> int:
     print(table(results))
     paths = write_all(out_dir, results, meta)
     print("wrote " + ", ".join(paths.values()))
-    return 1 if any(r.ours and r.status == "WRONG" for r in results) else 0
+    from .runner import VARIANT_FAILED
+
+    failed = [r for r in results if r.ours and (r.status == "WRONG" or
+                                                (r.status == "ERROR" and not r.reason.startswith(VARIANT_FAILED)))]
+    return 1 if failed else 0

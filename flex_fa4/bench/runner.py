@@ -221,12 +221,15 @@ def run_sweep(cfg: SweepConfig, progress: bool = True,
                     mods = factories[variant](cfg.batch, cfg.heads, S, cfg.device)
                     fraction = flop_count.unmasked_fraction(mods.mask_mod, cfg.batch, cfg.heads, S, S, cfg.device)
                 except Exception as e:  # noqa: BLE001 - a broken user variant fails its rows, not the sweep
-                    why = f"building the variant failed: {type(e).__name__}: {e}".splitlines()[0][:300] + _where(e)
+                    why = f"{VARIANT_FAILED}: {type(e).__name__}: {e}".splitlines()[0][:300] + _where(e)
             for case in group:
                 results += _run_case(case, mods, fraction, cfg, bar, deadline, why)
                 if on_case is not None:
                     on_case(results)
     return results
+
+
+VARIANT_FAILED = "building the variant failed"  # a user mod's error, not a backend's
 
 
 def _past(deadline: Optional[float]) -> bool:
