@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from mod_codegen.cache_dir import cache_dir  # one definition for every package
+
 FORMAT_VERSION = 1
 
 
@@ -64,10 +66,6 @@ class CompileKey:
 _memory: dict[CompileKey, Any] = {}
 last_compile_seconds: float = 0.0  # wall time of the most recent compile or disk load (0 on a hit)
 last_source: str = ""  # "memory" | "disk" | "compile"
-
-
-def cache_dir() -> str:
-    return os.environ.get("FLEX_FA4_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "flex_fa4"))
 
 
 def _disk_enabled() -> bool:

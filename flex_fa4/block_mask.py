@@ -83,6 +83,15 @@ def _dense_from_ordered(counts: torch.Tensor, indices: torch.Tensor, n_cols: int
     return dense[..., :n_cols]
 
 
+def block_states(bs: BlockSparseTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean (partial, full) block matrices [B', H', nQB, nKVB] from the kv lists."""
+    n = bs.kv_indices.shape[-1]
+    partial = _dense_from_ordered(bs.kv_num_blocks, bs.kv_indices, n)
+    if bs.full_kv_indices is None:
+        return partial, torch.zeros_like(partial)
+    return partial, _dense_from_ordered(bs.full_kv_num_blocks, bs.full_kv_indices, n)
+
+
 def _check_block_list(name: str, num: torch.Tensor, idx: torch.Tensor, n_cols: int) -> None:
     """Kernels trust these lists: counts within [0, n], listed indices in range, no repeats."""
     if ((num < 0) | (num > n_cols)).any():
@@ -180,11 +189,7 @@ class BlockMask:
 
     def block_states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean (partial, full) block matrices [B, H, nQB, nKVB]."""
-        n = self.kv_indices.shape[-1]
-        partial = _dense_from_ordered(self.kv_num_blocks, self.kv_indices, n)
-        if self.full_kv_indices is None:
-            return partial, torch.zeros_like(partial)
-        return partial, _dense_from_ordered(self.full_kv_num_blocks, self.full_kv_indices, n)
+        return block_states(self.as_tensors())
 
     def to_dense(self) -> torch.Tensor:
         """[B, H, nQB, nKVB] int32: 1 where a block is visited (partial or full)."""

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .cache_dir import cache_dir
 from .emit_base import TextEmitter
 from .ir import DType, Graph, Node, Op, depends_on
 
@@ -123,11 +124,6 @@ class TritonEmitter(TextEmitter):
         ret = outs[0] if len(outs) == 1 else "(" + ", ".join(outs) + ",)"
         body = "\n".join(self.indent + ln for ln in lines + [f"return {ret}"])
         return f"@triton.jit\ndef {name}({params}):\n{body}\n"
-
-
-def cache_dir() -> str:
-    """Where generated code lives: $FLEX_FA4_CACHE_DIR or ~/.cache/flex_fa4."""
-    return os.environ.get("FLEX_FA4_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "flex_fa4")
 
 
 _FUNCTIONS: dict[str, Any] = {}

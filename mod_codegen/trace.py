@@ -224,8 +224,8 @@ def _operands(x, y) -> tuple[_Tracer, int, int]:
     tracer = _tracer_of(x, y)
     dx = x._dt if isinstance(x, Sym) else None
     dy = y._dt if isinstance(y, Sym) else None
-    nx, weak_x = _lift(tracer, x, dy)
-    ny, weak_y = _lift(tracer, y, dx)
+    nx, _ = _lift(tracer, x, dy)
+    ny, _ = _lift(tracer, y, dx)
     return tracer, nx, ny
 
 

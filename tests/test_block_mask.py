@@ -61,6 +61,25 @@ def test_block_classification_matches_dense(kind, B, H, Q, KV, bq, bkv, seed):
     assert bm.kv_indices.dtype == torch.int32 and bm.kv_num_blocks.dtype == torch.int32
 
 
+def test_each_evaluated_chunk_stays_within_the_budget(monkeypatch):
+    """No call of the mask evaluator sees more than _CHUNK_ELEMENTS (q, kv) pairs
+    (beyond one query block per row, its minimum)."""
+    from flex_fa4 import block_mask as bm_module
+
+    seen = []
+    real = bm_module.evaluate
+
+    def spy(graph, inputs, *args, **kwargs):
+        seen.append(inputs["q_idx"].numel() * inputs["kv_idx"].numel())
+        return real(graph, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(bm_module, "evaluate", spy)
+    monkeypatch.setattr(bm_module, "_CHUNK_ELEMENTS", 128 * 1024)
+    doc = doc_ids_from_offsets(torch.tensor([0, 700, 2048]))
+    create_block_mask(generate_doc_mask(doc), None, None, 2048, 2048, BLOCK_SIZE=64, device="cpu")
+    assert len(seen) > 1 and max(seen) <= 128 * 1024
+
+
 def test_chunked_evaluation_bounds_memory(monkeypatch):
     """Force tiny chunks: the result must not change."""
     from flex_fa4 import block_mask as bm_module

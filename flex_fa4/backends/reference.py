@@ -17,21 +17,11 @@ from torch.utils.checkpoint import checkpoint
 
 from mod_codegen import evaluate
 
-from ..block_mask import _dense_from_ordered
+from ..block_mask import block_states
 from .base import AttentionCall, Backend
 
 # scores held at once per chunk (B * Hq * rows * KV elements)
 _CHUNK_ELEMENTS = 1 << 23
-
-
-def block_states(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean (partial, full) block matrices [B', H', nQB, nKVB]."""
-    bs = call.block_sparse
-    n = bs.kv_indices.shape[-1]
-    partial = _dense_from_ordered(bs.kv_num_blocks, bs.kv_indices, n)
-    if bs.full_kv_indices is None:
-        return partial, torch.zeros_like(partial)
-    return partial, _dense_from_ordered(bs.full_kv_num_blocks, bs.full_kv_indices, n)
 
 
 class ReferenceBackend(Backend):
@@ -46,7 +36,7 @@ class ReferenceBackend(Backend):
         B, Hq, Sq, _ = q.shape
         Skv = k.shape[2]
         compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-        partial, full = block_states(call)
+        partial, full = block_states(call.block_sparse)
         partial, full = partial.to(q.device), full.to(q.device)
         bq = call.block_sparse.block_size_q
         rows = max(bq, (_CHUNK_ELEMENTS // max(1, B * Hq * Skv)) // bq * bq)
