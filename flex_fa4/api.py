@@ -18,7 +18,7 @@ from mod_codegen import TracedMod, trace_cached
 from .autograd import kernel_attention
 from .backends import AttentionCall, check_backend_name, decide, select_backend
 from .block_mask import BlockMask, create_block_mask, noop_mask
-from .validation import check_block_mask, check_qkv, check_scale
+from .validation import as_block_mask, check_block_mask, check_qkv, check_scale
 
 
 class AuxRequest(NamedTuple):
@@ -86,6 +86,7 @@ def _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, nee
     if dense:
         block_mask = _default_block_mask(query.shape[2], key.shape[2], query.device)
     else:
+        block_mask = as_block_mask(block_mask)
         check_block_mask(block_mask, query, key)
     traced_score = trace_cached(score_mod, "score_mod") if score_mod is not None else None
     if traced_score is not None:

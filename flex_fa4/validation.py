@@ -43,13 +43,33 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: boo
             )
 
 
-def check_block_mask(block_mask, q: torch.Tensor, k: torch.Tensor) -> None:
+def as_block_mask(block_mask):
+    """A flex_fa4 BlockMask; torch's own BlockMask (same fields, same meaning) is
+    converted once (and remembered on it), so code that builds masks with torch's
+    create_block_mask keeps working."""
     from .block_mask import BlockMask
 
-    if not isinstance(block_mask, BlockMask):
-        raise TypeError(
-            f"block_mask must be a flex_fa4 BlockMask (from flex_fa4.create_block_mask), got {type(block_mask).__name__}"
-        )
+    if isinstance(block_mask, BlockMask):
+        return block_mask
+    converted = getattr(block_mask, "_flex_fa4_block_mask", None)
+    if converted is not None:
+        return converted
+    if all(hasattr(block_mask, f) for f in ("kv_num_blocks", "kv_indices", "BLOCK_SIZE", "seq_lengths")):
+        converted = BlockMask.from_kv_blocks(
+            block_mask.kv_num_blocks, block_mask.kv_indices, getattr(block_mask, "full_kv_num_blocks", None),
+            getattr(block_mask, "full_kv_indices", None), BLOCK_SIZE=tuple(block_mask.BLOCK_SIZE),
+            mask_mod=getattr(block_mask, "mask_mod", None), seq_lengths=tuple(block_mask.seq_lengths))
+        try:
+            block_mask._flex_fa4_block_mask = converted
+        except AttributeError:
+            pass
+        return converted
+    raise TypeError(
+        f"block_mask must be a BlockMask (from flex_fa4.create_block_mask or torch's), got {type(block_mask).__name__}"
+    )
+
+
+def check_block_mask(block_mask, q: torch.Tensor, k: torch.Tensor) -> None:
     B, Hq, Sq = q.shape[:3]
     Skv = k.shape[2]
     if block_mask.seq_lengths != (Sq, Skv):

@@ -55,7 +55,7 @@ def test_block_mask_mismatches():
         flex_attention(q, k, v, block_mask=create_block_mask(causal_mask, 3, None, 16, 16, device="cpu"))
     with pytest.raises(ValueError, match="5 heads"):
         flex_attention(q, k, v, block_mask=create_block_mask(causal_mask, None, 5, 16, 16, device="cpu"))
-    with pytest.raises(TypeError, match="flex_fa4 BlockMask"):
+    with pytest.raises(TypeError, match="must be a BlockMask"):
         flex_attention(q, k, v, block_mask=torch.ones(16, 16))
 
 

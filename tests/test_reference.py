@@ -129,6 +129,17 @@ def test_scale_and_return_conventions(seed):
     assert aux.lse is None and aux.max_scores.shape == (1, 1, 20)
 
 
+def test_accepts_a_block_mask_built_by_torch(seed):
+    """Code that keeps torch's create_block_mask and switches only flex_attention works."""
+    from torch.nn.attention.flex_attention import create_block_mask as torch_cbm
+
+    q, k, v = (torch.randn(2, 2, 150, 16, dtype=torch.float64) for _ in range(3))
+    mask = generate_sliding_window(33)
+    out = flex_attention(q, k, v, block_mask=torch_cbm(mask, None, None, 150, 150, device="cpu", BLOCK_SIZE=32),
+                         backend="reference")
+    assert rel_err(out, dense_attention(q, k, v, None, mask)[0]) < 1e-12
+
+
 def test_matches_torch_flex_attention(seed):
     """Same numbers as PyTorch's own flex_attention (eager, CPU) for a mod combination."""
     from torch.nn.attention.flex_attention import create_block_mask as torch_cbm
