@@ -30,7 +30,7 @@ import triton.language as tl
 from . import configs
 from .mods import empty_list
 from .problem import alloc, interpreting, strides3
-from .tiles import LOG2E, block_of_tile, keep_mask, scores_log2
+from .tiles import LOG2E, block_of_tile, keep_mask, load_tile, scores_log2
 
 
 @triton.jit
@@ -124,19 +124,12 @@ def _dkdv_tiles(dk, dv, bacc, k, v, q_base, do_base, q_stride_m, do_stride_m, ls
     TILES_PER_BLOCK: tl.constexpr = SPARSE_Q // BLOCK_M
     APPLY_MASK: tl.constexpr = (not IS_FULL_BLOCK) and (MASK_FN is not None)
     NEEDS_KEEP: tl.constexpr = APPLY_MASK or (not EVEN_Q) or (not EVEN_KV)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
     offs_m0 = tl.arange(0, BLOCK_M)
     kv_idx = offs_n[:, None]
     for t in range(tile_lo, tile_hi):
         blk = block_of_tile(idx_row, full_row, n_part, t, TILES_PER_BLOCK, MERGED)
         offs_m = blk * SPARSE_Q + (t % TILES_PER_BLOCK) * BLOCK_M + offs_m0
-        q_ptrs = q_base + offs_m[:, None] * q_stride_m + offs_d[None, :]
-        do_ptrs = do_base + offs_m[:, None] * do_stride_m + offs_dv[None, :]
-        if EVEN_Q and D == D_PAD:
-            q = tl.load(q_ptrs)
-        else:
-            q = tl.load(q_ptrs, mask=(offs_m[:, None] < seq_q) & (offs_d[None, :] < D), other=0.0)
+        q = load_tile(q_base, offs_m, q_stride_m, seq_q, D, D_PAD, EVEN_Q)
         if EVEN_Q:
             lse2 = tl.load(lse_row + offs_m)
         else:
@@ -151,10 +144,7 @@ def _dkdv_tiles(dk, dv, bacc, k, v, q_base, do_base, q_stride_m, do_stride_m, ls
         else:
             keep = None
         pT = tl.math.exp2(zT - lse2[None, :])
-        if EVEN_Q and DV == DV_PAD:
-            do = tl.load(do_ptrs)
-        else:
-            do = tl.load(do_ptrs, mask=(offs_m[:, None] < seq_q) & (offs_dv[None, :] < DV), other=0.0)
+        do = load_tile(do_base, offs_m, do_stride_m, seq_q, DV, DV_PAD, EVEN_Q)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
         if EVEN_Q:
             delta = tl.load(delta_row + offs_m)
@@ -279,16 +269,8 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, idx_
     for t in range(tile_lo, tile_hi):
         blk = block_of_tile(idx_row, full_row, n_part, t, TILES_PER_BLOCK, MERGED)
         offs_n = blk * SPARSE_KV + (t % TILES_PER_BLOCK) * BLOCK_N + offs_n0
-        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_dv[None, :]
-        if EVEN_KV and D == D_PAD:
-            k = tl.load(k_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=(offs_n[:, None] < seq_k) & (offs_d[None, :] < D), other=0.0)
-        if EVEN_KV and DV == DV_PAD:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=(offs_n[:, None] < seq_k) & (offs_dv[None, :] < DV), other=0.0)
+        k = load_tile(k_base, offs_n, stride_kn, seq_k, D, D_PAD, EVEN_KV)
+        v = load_tile(v_base, offs_n, stride_vn, seq_k, DV, DV_PAD, EVEN_KV)
         qk = tl.dot(q, tl.trans(k), input_precision=PREC)
         kv_idx = offs_n[None, :]
         z = scores_log2(qk, b, h, q_idx, kv_idx, sm_scale, qk_scale, score_args, SCORE_FN)

@@ -22,7 +22,7 @@ import triton.language as tl
 from . import configs
 from .mods import empty_list
 from .problem import interpreting, strides3
-from .tiles import LN2, block_of_tile, keep_mask, scores_log2
+from .tiles import LN2, block_of_tile, keep_mask, load_tile, scores_log2
 
 
 @triton.jit
@@ -37,20 +37,13 @@ def _attend(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, idx_row, ful
     TILES_PER_BLOCK: tl.constexpr = SPARSE_KV // BLOCK_N
     APPLY_MASK: tl.constexpr = (not IS_FULL_BLOCK) and (MASK_FN is not None)
     NEEDS_KEEP: tl.constexpr = APPLY_MASK or (not EVEN_KV)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
     offs_n0 = tl.arange(0, BLOCK_N)
     q_idx = offs_m[:, None]
     for t in range(tile_lo, tile_hi):
         blk = block_of_tile(idx_row, full_row, n_part, t, TILES_PER_BLOCK, MERGED)
         start_n = blk * SPARSE_KV + (t % TILES_PER_BLOCK) * BLOCK_N
         offs_n = start_n + offs_n0
-        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_dv[None, :]
-        if EVEN_KV and D == D_PAD:
-            k = tl.load(k_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=(offs_n[:, None] < seq_k) & (offs_d[None, :] < D), other=0.0)
+        k = load_tile(k_base, offs_n, stride_kn, seq_k, D, D_PAD, EVEN_KV)
         qk = tl.dot(q, tl.trans(k), input_precision=PREC)
         kv_idx = offs_n[None, :]
         # Note [scale folded into exp2]: without a score_mod the row max is taken on the
@@ -78,10 +71,7 @@ def _attend(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, idx_row, ful
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if EVEN_KV and DV == DV_PAD:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=(offs_n[:, None] < seq_k) & (offs_dv[None, :] < DV), other=0.0)
+        v = load_tile(v_base, offs_n, stride_vn, seq_k, DV, DV_PAD, EVEN_KV)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
         m_i = m_new
     return acc, l_i, m_i
@@ -114,7 +104,6 @@ def attention_fwd_kernel(
     h = bh % num_heads
     hk = h // group
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
 
     # this q tile's row of the BlockMask and its tile ranges
@@ -142,11 +131,7 @@ def attention_fwd_kernel(
         full_hi = n_full
 
     q_base = Q + b.to(tl.int64) * q_strides[0] + h.to(tl.int64) * q_strides[1]
-    q_ptrs = q_base + offs_m[:, None] * q_strides[2] + offs_d[None, :]
-    if EVEN_Q and D == D_PAD:
-        q = tl.load(q_ptrs)
-    else:
-        q = tl.load(q_ptrs, mask=(offs_m[:, None] < seq_q) & (offs_d[None, :] < D), other=0.0)
+    q = load_tile(q_base, offs_m, q_strides[2], seq_q, D, D_PAD, EVEN_Q)
     k_base = K + b.to(tl.int64) * k_strides[0] + hk.to(tl.int64) * k_strides[1]
     v_base = V + b.to(tl.int64) * v_strides[0] + hk.to(tl.int64) * v_strides[1]
 

@@ -14,6 +14,21 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def load_tile(base, rows, row_stride, n_rows, COLS: tl.constexpr, COLS_PAD: tl.constexpr,
+              EVEN_ROWS: tl.constexpr):
+    """The [len(rows), COLS_PAD] tile of a row-major matrix at `base` (unit column
+    stride); rows past n_rows and columns past COLS read 0. Unmasked when neither can
+    happen, so full tiles get plain vector loads."""
+    cols = tl.arange(0, COLS_PAD)
+    ptrs = base + rows[:, None] * row_stride + cols[None, :]
+    if EVEN_ROWS and COLS == COLS_PAD:
+        tile = tl.load(ptrs)
+    else:
+        tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < COLS), other=0.0)
+    return tile
+
+
+@triton.jit
 def scores_log2(qk, b, h, q_idx, kv_idx, sm_scale, qk_scale, score_args, SCORE_FN: tl.constexpr):
     """The post-mod score in log2 units, as a full tile."""
     if SCORE_FN is not None:
