@@ -30,11 +30,12 @@ def load_tile(base, rows, row_stride, n_rows, COLS: tl.constexpr, COLS_PAD: tl.c
 
 @triton.jit
 def scores_log2(qk, b, h, q_idx, kv_idx, sm_scale, qk_scale, score_args, SCORE_FN: tl.constexpr):
-    """The post-mod score in log2 units, as a full tile."""
+    """The post-mod score in log2 units (the generated score_mod always returns a
+    full tile: mod_codegen.emit_triton broadcasts scores that ignore `score`)."""
     if SCORE_FN is not None:
         s = SCORE_FN(qk * sm_scale, b, h, q_idx, kv_idx,
                      score_args[0], score_args[1], score_args[2], score_args[3])
-        z = tl.broadcast_to(s.to(tl.float32), qk.shape) * LOG2E
+        z = s.to(tl.float32) * LOG2E
     else:
         z = qk * qk_scale
     return z

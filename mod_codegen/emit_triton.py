@@ -8,7 +8,8 @@ Each graph becomes one function over 2-D tiles:
 
 `bufs` is a tuple of the captured tensors (pointers inside the kernel), `sizes`
 and `strides` flat tuples of their sizes and strides (see `mod_arguments`), and
-`scalars` the captured runtime scalars. Kernels take the function as a
+`scalars` the captured runtime scalars. A score (and d_score) output is always a
+full tile like `score`, even when the mod ignores the score. Kernels take the function as a
 `tl.constexpr` argument. The source is written to a file in the cache directory
 because Triton reads a function's source with `inspect`.
 """
