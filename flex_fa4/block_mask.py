@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from mod_codegen import evaluate, trace_mask_mod
+from mod_codegen import evaluate, index_grids, trace_mask_mod
 from mod_codegen.kernel_args import BlockSparseTensors
 
 log = logging.getLogger("flex_fa4")
@@ -283,14 +283,12 @@ def create_block_mask(
     full = torch.zeros_like(partial)
     kv_pad = nkvb * bkv
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // (Bn * Hn * kv_pad * bq))
-    b_idx = torch.arange(Bn, device=device, dtype=torch.int32).view(-1, 1, 1, 1)
-    h_idx = torch.arange(Hn, device=device, dtype=torch.int32).view(1, -1, 1, 1)
-    kv_idx = torch.arange(kv_pad, device=device, dtype=torch.int32).view(1, 1, 1, -1)
     for qb0 in range(0, nqb, rows_per_chunk):
         qb1 = min(nqb, qb0 + rows_per_chunk)
-        q_idx = torch.arange(qb0 * bq, qb1 * bq, device=device, dtype=torch.int32).view(1, 1, -1, 1)
-        (allowed,) = evaluate(traced.graph, {"b": b_idx, "h": h_idx, "q_idx": q_idx, "kv_idx": kv_idx},
-                              buffers, traced.scalars, int_dtype=torch.int32)
+        grids = index_grids(torch.arange(Bn), torch.arange(Hn), torch.arange(qb0 * bq, qb1 * bq),
+                            torch.arange(kv_pad), device=device, dtype=torch.int32)
+        q_idx, kv_idx = grids["q_idx"], grids["kv_idx"]
+        (allowed,) = evaluate(traced.graph, grids, buffers, traced.scalars, int_dtype=torch.int32)
         allowed = allowed.expand(Bn, Hn, q_idx.shape[2], kv_pad)
         in_range = (q_idx < Q_LEN) & (kv_idx < KV_LEN)
         allowed = allowed & in_range

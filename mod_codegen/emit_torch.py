@@ -96,12 +96,14 @@ def evaluate(
 
 
 def index_grids(
-    b: torch.Tensor | int, h: torch.Tensor | int, q_idx: torch.Tensor, kv_idx: torch.Tensor, device=None
+    b: torch.Tensor | int, h: torch.Tensor | int, q_idx: torch.Tensor, kv_idx: torch.Tensor, device=None,
+    dtype: torch.dtype = torch.int64,
 ) -> dict[str, torch.Tensor]:
     """Broadcastable (b, h, q, kv) index tensors shaped [B,1,1,1], [1,H,1,1],
-    [1,1,Q,1], [1,1,1,KV] from 1-D index vectors."""
+    [1,1,Q,1], [1,1,1,KV] from 1-D index vectors (or single indices): the inputs
+    `evaluate` takes for a mod over a block of the score matrix."""
     def as_t(x):
-        return torch.as_tensor(x, dtype=torch.int64, device=device).reshape(-1)
+        return torch.as_tensor(x, dtype=dtype, device=device).reshape(-1)
 
     return {
         "b": as_t(b).view(-1, 1, 1, 1), "h": as_t(h).view(1, -1, 1, 1),

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from mod_codegen import evaluate
+from mod_codegen import evaluate, index_grids
 
 from ..block_mask import block_states
 from .base import AttentionCall, Backend
@@ -77,12 +77,7 @@ def _attend_chunk(call: AttentionCall, qc, kf, vf, r0, partial, full, compute):
     kv0 = int(visited[0]) * bkv
     kv1 = min(Skv, (int(visited[-1]) + 1) * bkv)
     kv_idx = torch.arange(kv0, kv1, device=qc.device)
-    grids = {
-        "b": torch.arange(B, device=qc.device).view(-1, 1, 1, 1),
-        "h": torch.arange(Hq, device=qc.device).view(1, -1, 1, 1),
-        "q_idx": q_idx.view(1, 1, -1, 1),
-        "kv_idx": kv_idx.view(1, 1, 1, -1),
-    }
+    grids = index_grids(torch.arange(B), torch.arange(Hq), q_idx, kv_idx, device=qc.device)
     scores = torch.einsum("bhqd,bhkd->bhqk", qc, kf[:, :, kv0:kv1]) * call.scale
     if call.score_mod is not None:
         sm = call.score_mod
