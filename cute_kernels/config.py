@@ -18,11 +18,12 @@ SMEM_BYTES_SM90 = 227 * 1024
 class FwdConfig:
     head_dim: int
     head_dim_v: int
-    tile_m: int = 128  # 2 consumer warpgroups x 64 rows
+    tile_m: int = 128  # consumer warpgroups x 64 rows (192: three, for hdim 64)
     tile_n: int = 128
     num_stages: int = 2  # K and V ring depth
     # 240 / 24: the register split FA3/FA4 use for 2 consumer WGs + 1 producer WG
-    # (3 x 128 threads x (240 + 240 + 24) regs stays under the 64K register file).
+    # (128 threads x (240 + 240 + 24) regs fits the 64K register file; 3 consumer WGs:
+    # 160 x 3 + 32).
     consumer_regs: int = 240
     producer_regs: int = 24
     # WG pingpong via named barriers; FA3/FA4 enable it for hdim <= 128 only.
@@ -43,14 +44,20 @@ class FwdConfig:
 
 
 def choose_config(head_dim: int, head_dim_v: int) -> FwdConfig:
-    """tile_n = 128 where two K/V stages fit in shared memory, else 64.
+    """The tile shape for these head dims.
 
-    tile_n must divide the BlockMask's KV block (128 by default), which rules out the
-    112 / 80 tiles FA4 uses at hdim 192 / 256; 64 keeps every 128-multiple mask servable.
+    Three consumer warpgroups (tile_m 192, 160/32 registers, FA3/FA4's hdim-64 shape) are
+    supported through FwdConfig but not chosen: at 160 registers our consumer spills with
+    tile_n 128 (ptxas: ~600 bytes; 180 vs 465 TFLOP/s, noop d64 S=8192 on the H200) and
+    with tile_n 64 it only ties two warpgroups (461 vs 468), which also serve 128-row masks.
+    tile_n = 128 where two K/V stages fit in shared memory, else 64; tile_n must divide
+    the BlockMask's KV block (128 by default), which rules out the 112 / 80 tiles FA4 uses
+    at hdim 192 / 256; 64 keeps every 128-multiple mask servable.
     """
-    pingpong = max(head_dim, head_dim_v) <= 128
+    hd = max(head_dim, head_dim_v)
+    pingpong = hd <= 128
     tile_n = 128
-    if max(head_dim, head_dim_v) > 128:
+    if hd > 128:
         # hdim > 128 with tile_n 128 spills registers (acc_O + acc_S > 200 regs).
         tile_n = 64
     # 3 K/V stages where they fit. H200, B=4 H=16 S=8192 hdim 128, 3 vs 2 stages: noop

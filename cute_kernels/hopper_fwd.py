@@ -46,8 +46,8 @@ from .softmax import LOG2_E, OnlineSoftmax, rescale_rows
 # Named barrier ids (0 is __syncthreads).
 BAR_EPILOGUE_SQ_FREE = 1
 BAR_EPILOGUE_SO_READY = 2
-BAR_SCHED_WG0 = 3  # and 4 for the second consumer warpgroup
-BAR_EPILOGUE_SO_FREE = 5
+BAR_EPILOGUE_SO_FREE = 3
+BAR_SCHED_WG0 = 4  # 4, 5 (, 6): one per consumer warpgroup
 
 
 def _smem_layout(dtype, rows: int, cols: int, stages: Optional[int] = None):
@@ -77,7 +77,8 @@ def _gemm(tiled_mma: cute.TiledMma, acc: cute.Tensor, tCrA: cute.Tensor, tCrB: c
 
 class HopperFlexFwd:
     def __init__(self, dtype, cfg: FwdConfig, score_mod: Optional[ModSpec],
-                 mask_mod: Optional[ModSpec], has_sparse: bool, has_full: bool):
+                 mask_mod: Optional[ModSpec], has_sparse: bool, has_full: bool,
+                 q_ratio: int = 1, kv_ratio: int = 1):
         self.dtype = dtype
         self.cfg = cfg
         self.tile_m, self.tile_n = cfg.tile_m, cfg.tile_n
@@ -87,9 +88,13 @@ class HopperFlexFwd:
         self.mask_mod = mask_mod
         self.has_sparse = has_sparse
         self.has_full = has_full
+        # BlockMask block / kernel tile, per axis (Note [mask blocks vs kernel tiles])
+        self.q_ratio, self.kv_ratio = q_ratio, kv_ratio
         self.reverse_m = cfg.lpt and (mask_mod is not None or has_sparse)
         self.num_consumer_threads = 128 * cfg.num_consumer_wgs
         self.num_threads = 128 + self.num_consumer_threads
+        # a pingpong barrier joins the warpgroup waiting for its turn and the one handing it over
+        self.sched_threads = 256
         self.n_score_bufs = score_mod.num_buffers if score_mod is not None else 0
         self.n_score_scalars = len(score_mod.scalar_types) if score_mod is not None else 0
 
@@ -105,8 +110,6 @@ class HopperFlexFwd:
         mMax: Optional[cute.Tensor],  # (b, hq, sq) fp32 or None
         softmax_scale: Float32,
         sparse,  # (cnt, idx, full_cnt | None, full_idx | None) or None
-        q_block_size: Int32,  # BlockMask Q_BS
-        kv_ratio: Int32,  # BlockMask KV_BS // tile_n
         num_sms: Int32,  # persistent grid size
         aux_tensors,  # tuple: score_mod buffers then mask_mod buffers
         aux_scalars,  # tuple: score_mod scalars then mask_mod scalars
@@ -176,7 +179,7 @@ class HopperFlexFwd:
             tma_Q, tma_K, tma_V, tma_O, mLSE, mMax,
             tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O,
             scale_log2, softmax_scale, qhead_per_kvhead, cute.size(mK.shape[0]),
-            sparse, q_block_size, kv_ratio, aux_tensors, aux_scalars,
+            sparse, aux_tensors, aux_scalars,
             sQ_layout, sK_layout, sV_layout, sO_layout, tiled_mma_qk, tiled_mma_pv,
         ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)
 
@@ -189,7 +192,7 @@ class HopperFlexFwd:
         tma_atom_Q: cute.CopyAtom, tma_atom_K: cute.CopyAtom,
         tma_atom_V: cute.CopyAtom, tma_atom_O: cute.CopyAtom,
         scale_log2: Float32, softmax_scale: Float32, qhead_per_kvhead: Int32, seqlen_k: Int32,
-        sparse, q_block_size: Int32, kv_ratio: Int32, aux_tensors, aux_scalars,
+        sparse, aux_tensors, aux_scalars,
         sQ_layout: cute.ComposedLayout, sK_layout: cute.ComposedLayout,
         sV_layout: cute.ComposedLayout, sO_layout: cute.ComposedLayout,
         tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.TiledMma,
@@ -229,14 +232,13 @@ class HopperFlexFwd:
             cute.arch.setmaxregister_decrease(self.cfg.producer_regs)
             if warp_idx == 0:
                 self.load(mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
-                          pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids,
-                          sparse, q_block_size, kv_ratio)
+                          pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse)
         else:
             cute.arch.setmaxregister_increase(self.cfg.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - 128
             self.consume(mO, mLSE, mMax, sQ, sK, sV, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
                          pipe_q, pipe_k, pipe_v, tidx, warp_idx, scale_log2, softmax_scale,
-                         seqlen_k, ids, sparse, q_block_size, kv_ratio, aux_tensors, aux_scalars)
+                         seqlen_k, ids, sparse, aux_tensors, aux_scalars)
 
     @cute.jit
     def decode_tile(self, tile: Int32, ids):
@@ -257,26 +259,43 @@ class HopperFlexFwd:
         return m_block, hb % n_h, hb // n_h
 
     @cute.jit
-    def tile_row(self, m_block, head_idx, batch_idx, sparse, q_block_size, kv_ratio):
-        """The BlockMask row of this q-tile (None without sparsity).
+    def visit_lists(self, m_block, head_idx, batch_idx, seqlen_k, sparse):
+        """(#tiles needing mask_mod, #tiles without, partial row, full row) of this q-tile.
 
         Note [visit order]: without sparsity, KV tiles from last to first (the seqlen tail
         first); with it, the partial blocks' tiles, then the full blocks' tiles. Producer
-        and consumers walk the same list (tile_info)."""
-        tiles = None
+        and consumers walk the same two lists (list_tile). Without sparsity every tile is
+        'partial' when there is a mask_mod and 'full' otherwise; the rows are None."""
+        n_part, n_full = Int32(0), Int32(0)
+        part_row, full_row = None, None
         if const_expr(self.has_sparse):
-            tiles = (sparse_row(sparse, batch_idx, head_idx, m_block, self.tile_m, q_block_size,
-                                kv_ratio), sparse, kv_ratio)
-        return tiles
+            n_part, n_full, part_row, full_row = sparse_row(
+                sparse, batch_idx, head_idx, m_block, self.q_ratio, self.kv_ratio)
+        else:
+            total = cute.ceil_div(seqlen_k, self.tile_n)
+            if const_expr(self.mask_mod is not None):
+                n_part = total
+            else:
+                n_full = total
+        return n_part, n_full, part_row, full_row
+
+    @cute.jit
+    def list_tile(self, row, t: Int32, seqlen_k: Int32) -> Int32:
+        """KV tile index of the t-th tile of a visit list (row None: the dense order)."""
+        n_block = Int32(0)
+        if const_expr(not self.has_sparse):
+            n_block = cute.ceil_div(seqlen_k, self.tile_n) - 1 - t
+        else:
+            n_block = sparse_tile(row, t, self.kv_ratio)
+        return n_block
 
     @cute.jit
     def load(self, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
-             pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, q_block_size,
-             kv_ratio):
+             pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse):
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         args = (mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V, pipe_q, pipe_k,
-                pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, q_block_size, kv_ratio)
+                pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse)
         tile = cute.arch.block_idx()[0]
         if const_expr(not self.cfg.persistent):
             self.load_tile(tile, q_state, state, *args)
@@ -288,10 +307,10 @@ class HopperFlexFwd:
 
     @cute.jit
     def load_tile(self, tile, q_state, state, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K,
-                  tma_atom_V, pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse,
-                  q_block_size, kv_ratio):
+                  tma_atom_V, pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse):
         m_block, head_idx, batch_idx = self.decode_tile(tile, ids)
-        tiles = self.tile_row(m_block, head_idx, batch_idx, sparse, q_block_size, kv_ratio)
+        n_part, n_full, part_row, full_row = self.visit_lists(m_block, head_idx, batch_idx,
+                                                              seqlen_k, sparse)
         head_kv = head_idx // qhead_per_kvhead
         one = cute.make_layout(1)
         gQ = cute.local_tile(mQ[None, None, head_idx, batch_idx], (self.tile_m, self.hd),
@@ -308,14 +327,12 @@ class HopperFlexFwd:
         pipe_q.producer_acquire(q_state)
         cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
         q_state.advance()
-        total = self.num_tiles(seqlen_k, tiles)
-        n_next, _ = self.tile_info(Int32(0), seqlen_k, tiles)  # Note [index prefetch]
-        for t in cutlass.range(total, unroll=1):
-            n_block = n_next
-            n_next, _ = self.tile_info(cutlass.min(t + 1, total - 1), seqlen_k, tiles)
-            self.load_kv(n_block, state, tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV,
-                         pipe_k, pipe_v)
-            state.advance()
+        kv = (tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV, pipe_k, pipe_v)
+        for t in cutlass.range(n_part, unroll=1):
+            state = self.load_kv(self.list_tile(part_row, t, seqlen_k), state, *kv)
+        if const_expr(full_row is not None or not self.has_sparse):
+            for t in cutlass.range(n_full, unroll=1):
+                state = self.load_kv(self.list_tile(full_row, t, seqlen_k), state, *kv)
         return q_state, state
 
     @cute.jit
@@ -327,11 +344,13 @@ class HopperFlexFwd:
         pipe_v.producer_acquire(state)
         cute.copy(tma_atom_V, tVgV[None, n_block], tVsV[None, state.index],
                   tma_bar_ptr=pipe_v.producer_get_barrier(state))
+        state.advance()
+        return state
 
     @cute.jit
     def consume(self, mO, mLSE, mMax, sQ, sK, sV, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
                 pipe_q, pipe_k, pipe_v, tidx, warp_idx, scale_log2, softmax_scale, seqlen_k,
-                ids, sparse, q_block_size, kv_ratio, aux_tensors, aux_scalars):
+                ids, sparse, aux_tensors, aux_scalars):
         wg = cute.arch.make_warp_uniform(tidx // 128)
         thr_mma_qk = tiled_mma_qk.get_slice(tidx)
         wg_mma_qk = tiled_mma_qk.get_slice(wg * 128)
@@ -346,17 +365,17 @@ class HopperFlexFwd:
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         if const_expr(self.cfg.pingpong):
-            # Note [pingpong]: the two consumer warpgroups take turns issuing their
-            # GEMMs (named barriers 3 and 4), so one WG's softmax overlaps the other's
+            # Note [pingpong]: the consumer warpgroups take turns issuing their GEMMs
+            # (named barriers 3, 4, ...), so one WG's softmax overlaps the other's
             # tensor-core work. WG 0 gets the first turn; each tile leaves one pending
             # arrival for WG 0 again, so the turns stay balanced across tiles.
             if wg == 0:
                 cute.arch.barrier_arrive(barrier_id=BAR_SCHED_WG0,
-                                         number_of_threads=self.num_consumer_threads)
+                                         number_of_threads=self.sched_threads)
         frags = (s_shape, wg_mma_pv, tSrQ, tSrK, tOrVt, softmax, wg, thr_mma_qk)
         args = (mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k,
-                pipe_v, tidx, warp_idx, softmax_scale, seqlen_k, ids, sparse, q_block_size,
-                kv_ratio, aux_tensors, aux_scalars)
+                pipe_v, tidx, warp_idx, softmax_scale, seqlen_k, ids, sparse, aux_tensors,
+                aux_scalars)
         tile = cute.arch.block_idx()[0]
         if const_expr(not self.cfg.persistent):
             # Note [single tile]: no tile loop here. A loop around the mainloop keeps more
@@ -372,8 +391,7 @@ class HopperFlexFwd:
     @cute.jit
     def consume_tile(self, tile, q_state, state, frags, mO, mLSE, mMax, sO, tma_atom_O,
                      tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k, pipe_v, tidx, warp_idx,
-                     softmax_scale, seqlen_k, ids, sparse, q_block_size, kv_ratio, aux_tensors,
-                     aux_scalars):
+                     softmax_scale, seqlen_k, ids, sparse, aux_tensors, aux_scalars):
         s_shape, wg_mma_pv, tSrQ, tSrK, tOrVt, softmax, wg, thr_mma_qk = frags
         # Register fragments are created per tile: wgmma reads its accumulator operand
         # even when zero-initializing, so fragments that outlive a tile stay live through
@@ -382,13 +400,13 @@ class HopperFlexFwd:
         acc_O = cute.make_rmem_tensor(wg_mma_pv.partition_shape_C((self.tile_m, self.hdv)), Float32)
         tOrP = wg_mma_pv.make_fragment_A(wg_mma_pv.partition_shape_A((self.tile_m, self.tile_n)))
         m_block, head_idx, batch_idx = self.decode_tile(tile, ids)
-        tiles = self.tile_row(m_block, head_idx, batch_idx, sparse, q_block_size, kv_ratio)
+        lists = self.visit_lists(m_block, head_idx, batch_idx, seqlen_k, sparse)
         acc_O.fill(0.0)
         softmax.reset()
         pipe_q.consumer_wait(q_state)
         state = self.mainloop(state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg,
                               tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk,
-                              softmax_scale, seqlen_k, m_block, head_idx, batch_idx, tiles,
+                              softmax_scale, seqlen_k, m_block, head_idx, batch_idx, lists,
                               aux_tensors, aux_scalars)
         self.epilogue(acc_O, softmax, mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_pv, tidx,
                       warp_idx, m_block, head_idx, batch_idx)
@@ -399,20 +417,22 @@ class HopperFlexFwd:
     @cute.jit
     def mainloop(self, state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk,
                  tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk, softmax_scale, seqlen_k, m_block,
-                 head_idx, batch_idx, tiles, aux_tensors, aux_scalars):
-        total = self.num_tiles(seqlen_k, tiles)
+                 head_idx, batch_idx, lists, aux_tensors, aux_scalars):
+        """Note [intra-warpgroup overlap]: QK^T of tile j and P V of tile j-1 are in flight
+        together; the softmax of tile j runs while P V (j-1) finishes.
+
+        Partial and full tiles share one loop with a run-time test for mask_mod: two
+        loops with compile-time-specialized bodies (FA3/FA4's layout) made ptxas
+        serialize the wgmmas at hdim 128 (C7512), one loop does not."""
+        n_part, n_full, part_row, full_row = lists
         mods = dict(thr_mma_qk=thr_mma_qk, softmax_scale=softmax_scale, seqlen_k=seqlen_k,
                     m_block=m_block, head_idx=head_idx, batch_idx=batch_idx,
                     aux_tensors=aux_tensors, aux_scalars=aux_scalars)
+        mma = (acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk, tiled_mma_pv,
+               pipe_k, pipe_v)
+        total = n_part + n_full
         if total > 0:
-            # Note [intra-warpgroup overlap]: QK^T of tile j and P V of tile j-1 are in
-            # flight together; the softmax of tile j runs while P V (j-1) finishes.
-            n_block, is_partial = self.tile_info(Int32(0), seqlen_k, tiles)
-            # Note [index prefetch]: the next tile's BlockMask lookup (a global load) is
-            # issued one iteration early so its latency cannot land on the softmax's
-            # critical path. (It did not close the all-full-BlockMask gap: 570 vs 643
-            # TFLOP/s dense on the H200; see NOTES.md.)
-            n_next, partial_next = self.tile_info(cutlass.min(Int32(1), total - 1), seqlen_k, tiles)
+            n_block, is_partial = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
             pipe_k.consumer_wait(state)
             _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
                   zero_init=True, wait=0)
@@ -423,76 +443,72 @@ class HopperFlexFwd:
             state_v = state.clone()
             state.advance()
             for t in cutlass.range(1, total, unroll=1):
-                n_block, is_partial = n_next, partial_next
-                n_next, partial_next = self.tile_info(cutlass.min(t + 1, total - 1), seqlen_k, tiles)
-                pipe_k.consumer_wait(state)
-                self.sched_sync(wg)
-                _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
-                      zero_init=True, wait=-1)
-                pipe_v.consumer_wait(state_v)
-                _gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, state_v.index],
-                      zero_init=False, wait=-1)
-                self.sched_arrive(wg)
-                warpgroup.wait_group(1)
-                pipe_k.consumer_release(state)
-                self.mods_and_masks(acc_S, n_block, is_partial, **mods)
-                row_scale = softmax.step(acc_S)
-                warpgroup.wait_group(0)
-                pipe_v.consumer_release(state_v)
-                rescale_rows(acc_O, row_scale)
-                tOrP.store(as_operand_a(acc_S).load().to(self.dtype))
-                state_v.advance()
-                state.advance()
+                n_block, is_partial = self.visit_tile(t, n_part, part_row, full_row, seqlen_k)
+                state, state_v = self.overlapped_step(n_block, is_partial, state, state_v, *mma,
+                                                      mods)
             pipe_v.consumer_wait(state_v)
             _gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, state_v.index],
                   zero_init=False, wait=0)
             pipe_v.consumer_release(state_v)
         return state
 
-    def sched_sync(self, wg):
-        if const_expr(self.cfg.pingpong):
-            cute.arch.barrier(barrier_id=BAR_SCHED_WG0 + wg,
-                              number_of_threads=self.num_consumer_threads)
-
-    def sched_arrive(self, wg):
-        if const_expr(self.cfg.pingpong):
-            cute.arch.barrier_arrive(barrier_id=BAR_SCHED_WG0 + (1 - wg),
-                                     number_of_threads=self.num_consumer_threads)
-
     @cute.jit
-    def num_tiles(self, seqlen_k, tiles) -> Int32:
-        total = Int32(0)
-        if const_expr(not self.has_sparse):
-            total = cute.ceil_div(seqlen_k, self.tile_n)
-        else:
-            (b, h, qb, num_partial, num_full), sparse, kv_ratio = tiles
-            total = num_partial + num_full
-        return total
-
-    @cute.jit
-    def tile_info(self, t: Int32, seqlen_k: Int32, tiles):
-        """(kv tile index, whether mask_mod applies) of the t-th visited tile
-        (Note [visit order])."""
+    def visit_tile(self, t: Int32, n_part: Int32, part_row, full_row, seqlen_k: Int32):
+        """(kv tile index, whether mask_mod applies) of the t-th visited tile: the partial
+        list first, then the full list (Note [visit order])."""
+        is_partial = t < n_part
         n_block = Int32(0)
-        is_partial = cutlass.Boolean(True)
-        if const_expr(not self.has_sparse):
-            n_block = cute.ceil_div(seqlen_k, self.tile_n) - 1 - t
+        if const_expr(full_row is None or not self.has_sparse):
+            n_block = self.list_tile(part_row, t, seqlen_k)
         else:
-            (b, h, qb, num_partial, num_full), sparse, kv_ratio = tiles
-            if const_expr(self.has_full):
-                is_partial = t < num_partial
-                if is_partial:
-                    n_block = sparse_tile(sparse[1], b, h, qb, kv_ratio, t)
-                else:
-                    n_block = sparse_tile(sparse[3], b, h, qb, kv_ratio, t - num_partial)
+            if is_partial:
+                n_block = self.list_tile(part_row, t, seqlen_k)
             else:
-                n_block = sparse_tile(sparse[1], b, h, qb, kv_ratio, t)
+                n_block = self.list_tile(full_row, t - n_part, seqlen_k)
         return n_block, is_partial
 
     @cute.jit
-    def mods_and_masks(self, acc_S, n_block: Int32, is_partial, thr_mma_qk, softmax_scale,
+    def overlapped_step(self, n_block, apply_mask, state, state_v, acc_S,
+                        acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk, tiled_mma_pv,
+                        pipe_k, pipe_v, mods):
+        """QK^T(j) and P V(j-1) issued together, then tile j's mods and softmax."""
+        pipe_k.consumer_wait(state)
+        self.sched_sync(wg)
+        _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
+              zero_init=True, wait=-1)
+        pipe_v.consumer_wait(state_v)
+        _gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, state_v.index],
+              zero_init=False, wait=-1)
+        self.sched_arrive(wg)
+        warpgroup.wait_group(1)
+        pipe_k.consumer_release(state)
+        self.mods_and_masks(acc_S, n_block, apply_mask, **mods)
+        row_scale = softmax.step(acc_S)
+        warpgroup.wait_group(0)
+        pipe_v.consumer_release(state_v)
+        rescale_rows(acc_O, row_scale)
+        tOrP.store(as_operand_a(acc_S).load().to(self.dtype))
+        state_v.advance()
+        state.advance()
+        return state, state_v
+
+    def sched_sync(self, wg):
+        if const_expr(self.cfg.pingpong):
+            cute.arch.barrier(barrier_id=BAR_SCHED_WG0 + wg, number_of_threads=self.sched_threads)
+
+    def sched_arrive(self, wg):
+        if const_expr(self.cfg.pingpong):
+            nxt = (wg + 1) % self.cfg.num_consumer_wgs  # the next warpgroup's turn
+            cute.arch.barrier_arrive(barrier_id=BAR_SCHED_WG0 + nxt,
+                                     number_of_threads=self.sched_threads)
+
+    @cute.jit
+    def mods_and_masks(self, acc_S, n_block: Int32, apply_mask, thr_mma_qk, softmax_scale,
                        seqlen_k, m_block, head_idx, batch_idx, aux_tensors, aux_scalars):
-        """score_mod, then mask_mod (partial tiles only), then the seqlen tail mask."""
+        """score_mod, then mask_mod (partial tiles only), then the seqlen tail mask.
+
+        apply_mask: a Python bool (a loop specialized at compile time) or a run-time
+        Boolean (the peeled first tile)."""
         cS = cute.domain_offset((m_block * self.tile_m, n_block * self.tile_n),
                                 cute.make_identity_tensor((self.tile_m, self.tile_n)))
         tScS = thr_mma_qk.partition_C(cS)
@@ -500,9 +516,14 @@ class HopperFlexFwd:
             apply_score_mod(acc_S, tScS, self.score_mod, batch_idx, head_idx, softmax_scale,
                             aux_tensors[: self.n_score_bufs], aux_scalars[: self.n_score_scalars])
         if const_expr(self.mask_mod is not None):
-            if is_partial:
-                apply_mask_mod(acc_S, tScS, self.mask_mod, batch_idx, head_idx,
-                               aux_tensors[self.n_score_bufs:], aux_scalars[self.n_score_scalars:])
+            mask_args = (acc_S, tScS, self.mask_mod, batch_idx, head_idx,
+                         aux_tensors[self.n_score_bufs:], aux_scalars[self.n_score_scalars:])
+            if const_expr(isinstance(apply_mask, bool)):
+                if const_expr(apply_mask):
+                    apply_mask_mod(*mask_args)
+            else:
+                if apply_mask:
+                    apply_mask_mod(*mask_args)
         if (n_block + 1) * self.tile_n > seqlen_k:
             apply_seqlen_mask(acc_S, tScS, seqlen_k)
 

@@ -131,11 +131,12 @@ def _scalar_fake(t: str):
     return cutlass.Float32(0.0) if t == "f32" else cutlass.Int32(0)
 
 
-def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, options=""):
+def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, ratios=(1, 1),
+             options=""):
     cutlass, cute = _cutlass()
     from .hopper_fwd import HopperFlexFwd
 
-    kernel = HopperFlexFwd(dtype, cfg, score_mod, mask_mod, has_sparse, has_full)
+    kernel = HopperFlexFwd(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, *ratios)
     q = _fake(dtype, 4, cfg.head_dim)
     k = _fake(dtype, 4, cfg.head_dim)
     v = _fake(dtype, 4, cfg.head_dim_v)
@@ -155,39 +156,49 @@ def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, opt
     stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
     # Empty tuples are not jit arguments: an absent group travels as None.
     return cute.compile(kernel, q, k, v, o, lse, mx, cutlass.Float32(1.0), sparse,
-                        cutlass.Int32(128), cutlass.Int32(1), cutlass.Int32(132),
+                        cutlass.Int32(132),
                         aux_t or None, aux_s or None, stream,
                         options=("--enable-tvm-ffi " + options).strip())
 
 
-def _key(dtype_name, cfg, score_mod, mask_mod, has_sparse, has_full, has_max):
-    return cache.CompileKey(
+def _key(dtype_name, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, ratios=(1, 1)):
+    return cache.CompileKey.make(
         kernel="hopper_flex_fwd", arch=ARCH, dtype=dtype_name, config=cfg,
         score_mod=score_mod.cache_key() if score_mod else None,
         mask_mod=mask_mod.cache_key() if mask_mod else None,
-        sparse=(has_sparse, has_full), has_max=has_max)
+        sparse=(has_sparse, has_full, *ratios), has_max=has_max)
+
+
+def _ratios(cfg, block_q, block_kv) -> tuple[int, int]:
+    """(Q_BS / tile_m, KV_BS / tile_n): compile-time constants of the kernel."""
+    if int(block_q) % cfg.tile_m or int(block_kv) % cfg.tile_n:
+        raise ValueError(f"BlockMask blocks ({block_q}, {block_kv}) must be multiples of the "
+                         f"kernel tile ({cfg.tile_m}, {cfg.tile_n})")
+    return int(block_q) // cfg.tile_m, int(block_kv) // cfg.tile_n
 
 
 def compile_only(arch: str = "sm_90a", dtype=torch.bfloat16, head_dim: int = 128,
                  head_dim_v: Optional[int] = None, score_mod=None, mask_mod=None,
                  block_sparse: bool = True, has_full: bool = True, need_max_scores: bool = False,
-                 config=None, options: str = ""):
+                 config=None, options: str = "", block_size: tuple[int, int] = (128, 128)):
     """Compile (no launch, no GPU needed) and return the compiled object.
 
     score_mod / mask_mod: ModSpec, TracedMod, or None. config: FwdConfig override.
-    options: extra cute.compile options (e.g. "--keep-ptx"; bypasses the cache)."""
+    options: extra cute.compile options (e.g. "--keep-ptx"; bypasses the cache).
+    block_size: the BlockMask's (Q_BS, KV_BS) when block_sparse."""
     os.environ.setdefault("CUTE_DSL_ARCH", arch)
     if os.environ["CUTE_DSL_ARCH"] != arch:
         raise RuntimeError(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']} but arch={arch} requested")
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
     score_mod, mask_mod = _as_spec(score_mod, "score"), _as_spec(mask_mod, "mask")
     cfg = config or choose_config(head_dim, head_dim_v)
+    ratios = _ratios(cfg, *block_size) if block_sparse else (1, 1)
     build = lambda: _compile(_cute_dtype(dtype), cfg, score_mod, mask_mod, block_sparse,
-                             block_sparse and has_full, need_max_scores, options)
+                             block_sparse and has_full, need_max_scores, ratios, options)
     if options:
         return build()
     key = _key(str(dtype), cfg, score_mod, mask_mod, block_sparse, block_sparse and has_full,
-               need_max_scores)
+               need_max_scores, ratios)
     return cache.get_or_compile(key, build, for_launch=False)
 
 
@@ -242,15 +253,17 @@ def flash_attn_fwd(q, k, v, *, scale: Optional[float] = None, block_sparse=None,
     has_sparse = block_sparse is not None
     has_full = has_sparse and block_sparse[2] is not None
     sig = (q.dtype, D, Dv, _mod_id(score_mod), _mod_id(mask_mod), has_sparse, has_full,
-           return_max_scores, _config)
+           return_max_scores, _config, q_bs, kv_bs)
     hit = _launch_cache.get(sig)
     if hit is None:
         spec_s, spec_m = _as_spec(score_mod, "score"), _as_spec(mask_mod, "mask")
         cfg = _config or choose_config(D, Dv)
-        key = _key(str(q.dtype), cfg, spec_s, spec_m, has_sparse, has_full, return_max_scores)
+        ratios = _ratios(cfg, q_bs, kv_bs) if has_sparse else (1, 1)
+        key = _key(str(q.dtype), cfg, spec_s, spec_m, has_sparse, has_full, return_max_scores,
+                   ratios)
         fn = cache.get_or_compile(
             key, lambda: _compile(_cute_dtype(q.dtype), cfg, spec_s, spec_m, has_sparse,
-                                  has_full, return_max_scores))
+                                  has_full, return_max_scores, ratios))
         flash_attn_fwd.last_compile_seconds = cache.last_compile_seconds
         hit = _launch_cache[sig] = (fn, cfg)
     else:
@@ -261,14 +274,12 @@ def flash_attn_fwd(q, k, v, *, scale: Optional[float] = None, block_sparse=None,
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
     mx = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device) if return_max_scores else None
     sparse = None
-    q_block, kv_ratio = 128, 1
     if has_sparse:
         cnt, idx, fcnt, fidx = (t if t is None or t.dtype == torch.int32 else t.to(torch.int32)
                                 for t in block_sparse[:4])
         sparse = (cnt, idx, fcnt if has_full else None, fidx if has_full else None)
-        q_block, kv_ratio = int(q_bs), int(kv_bs) // cfg.tile_n
     aux_t, aux_s = _runtime_aux(score_mod, mask_mod)
-    fn(q, k, v, out, lse, mx, float(scale), sparse, q_block, kv_ratio, _num_sms(q.device),
+    fn(q, k, v, out, lse, mx, float(scale), sparse, _num_sms(q.device),
        aux_t or None, aux_s or None)
     return out, (lse if return_lse else None), mx
 

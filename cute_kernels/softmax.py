@@ -76,20 +76,22 @@ class OnlineSoftmax:
     def finalize(self):
         """Reduce row sums across the quad; return (1/sum, lse_natural, max_natural).
 
-        Empty rows (sum 0) get 1/sum = 0 (so O = 0) and lse = -inf."""
+        Empty rows (every score -inf, so the max stays -inf) get 1/sum = 0 (O = 0) and
+        lse = -inf. A NaN score (e.g. from a score_mod) is not an empty row: the NaN
+        reaches O and lse, as in the float64 reference."""
         inv = cute.make_rmem_tensor_like(self.row_sum, Float32)
         lse = cute.make_rmem_tensor_like(self.row_sum, Float32)
         mx = cute.make_rmem_tensor_like(self.row_sum, Float32)
         for r in cutlass.range_constexpr(cute.size(self.row_sum)):
             s = cute.arch.warp_reduction_sum(self.row_sum[r], threads_in_group=4)
             m = self.row_max[r]
-            # s > 0 is false for 0 and for NaN: such rows are empty.
-            inv[r] = cute.arch.rcp_approx(s) if s > 0.0 else Float32(0.0)
-            m_safe = m if m != -Float32.inf else Float32(0.0)
+            empty = m == -Float32.inf
+            inv[r] = Float32(0.0) if empty else cute.arch.rcp_approx(s)
+            m_safe = Float32(0.0) if empty else m
             lse[r] = (
-                (m_safe * self.scale_log2 + cute.math.log2(s, fastmath=True)) * LN_2
-                if s > 0.0
-                else -Float32.inf
+                -Float32.inf
+                if empty
+                else (m_safe * self.scale_log2 + cute.math.log2(s, fastmath=True)) * LN_2
             )
             mx[r] = m * (self.scale_log2 * LN_2)
         return inv, lse, mx
