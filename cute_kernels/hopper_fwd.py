@@ -111,6 +111,7 @@ class HopperFlexFwd:
         softmax_scale: Float32,
         sparse,  # (cnt, idx, full_cnt | None, full_idx | None) or None
         num_sms: Int32,  # persistent grid size
+        l2_heads: Int32,  # (batch, head) pairs whose K/V fit in L2 (Note [LPT order])
         aux_tensors,  # tuple: score_mod buffers then mask_mod buffers
         aux_scalars,  # tuple: score_mod scalars then mask_mod scalars
         stream: cuda.CUstream,
@@ -178,7 +179,7 @@ class HopperFlexFwd:
         self.kernel(
             tma_Q, tma_K, tma_V, tma_O, mLSE, mMax,
             tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O,
-            scale_log2, softmax_scale, qhead_per_kvhead, cute.size(mK.shape[0]),
+            scale_log2, softmax_scale, qhead_per_kvhead, cute.size(mK.shape[0]), l2_heads,
             sparse, aux_tensors, aux_scalars,
             sQ_layout, sK_layout, sV_layout, sO_layout, tiled_mma_qk, tiled_mma_pv,
         ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)
@@ -192,7 +193,7 @@ class HopperFlexFwd:
         tma_atom_Q: cute.CopyAtom, tma_atom_K: cute.CopyAtom,
         tma_atom_V: cute.CopyAtom, tma_atom_O: cute.CopyAtom,
         scale_log2: Float32, softmax_scale: Float32, qhead_per_kvhead: Int32, seqlen_k: Int32,
-        sparse, aux_tensors, aux_scalars,
+        l2_heads: Int32, sparse, aux_tensors, aux_scalars,
         sQ_layout: cute.ComposedLayout, sK_layout: cute.ComposedLayout,
         sV_layout: cute.ComposedLayout, sO_layout: cute.ComposedLayout,
         tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.TiledMma,
@@ -227,7 +228,7 @@ class HopperFlexFwd:
         # Note [tile loop]: every CTA walks linear tile ids bid, bid + grid, ...; a
         # non-persistent launch has one CTA per tile, so the loop runs once.
         ids = (cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m), cute.size(mQ.shape[2]),
-               cute.size(mQ.shape[3]))  # (q tiles, q heads, batch)
+               cute.size(mQ.shape[3]), l2_heads)  # (q tiles, q heads, batch, Note [LPT order])
         if warp_idx < 4:
             cute.arch.setmaxregister_decrease(self.cfg.producer_regs)
             if warp_idx == 0:
@@ -245,17 +246,21 @@ class HopperFlexFwd:
         """Linear tile id -> (m_block, head, batch).
 
         Note [LPT order]: with a mask, late q-tiles usually have the most KV tiles
-        (causal-like). CTAs launch in id order, so walking q-tiles from last to first puts
-        the longest work first and light tiles in the last wave, while consecutive CTAs
-        still share one head's K/V in L2 (H200 causal hdim 128: 568 -> 580 TFLOP/s)."""
-        num_m, n_h, n_b = ids
+        (causal-like), and CTAs launch in id order. The (batch, head) pairs are cut into
+        sections of `l2_heads` whose K/V fit in L2 together; inside a section the tiles go
+        heaviest q-tile first across all its heads, so light tiles fill the last wave while
+        the CTAs in flight share a few heads' K/V in L2. Without a mask, a head's q-tiles
+        run together in order."""
+        num_m, n_h, n_b, l2_heads = ids
         m_block, hb = tile % num_m, tile // num_m
         if const_expr(self.reverse_m):
-            if const_expr(self.cfg.persistent):
-                # heaviest q-tiles of every head first, over the whole persistent walk
-                m_block, hb = num_m - 1 - tile // (n_h * n_b), tile % (n_h * n_b)
-            else:
-                m_block = num_m - 1 - m_block
+            n_hb = n_h * n_b
+            section = tile // (l2_heads * num_m)
+            first_hb = section * l2_heads
+            heads_here = cutlass.min(l2_heads, n_hb - first_hb)
+            r = tile - section * (l2_heads * num_m)
+            m_block = num_m - 1 - r // heads_here
+            hb = first_hb + r % heads_here
         return m_block, hb % n_h, hb // n_h
 
     @cute.jit
@@ -300,7 +305,7 @@ class HopperFlexFwd:
         if const_expr(not self.cfg.persistent):
             self.load_tile(tile, q_state, state, *args)
         else:
-            num_m, n_h, n_b = ids
+            num_m, n_h, n_b, _ = ids
             while tile < num_m * n_h * n_b:
                 q_state, state = self.load_tile(tile, q_state, state, *args)
                 tile += cute.arch.grid_dim()[0]
@@ -383,7 +388,7 @@ class HopperFlexFwd:
             # 635 -> 470 TFLOP/s noop), so the persistent loop is a separate variant.
             self.consume_tile(tile, q_state, state, frags, *args)
         else:
-            num_m, n_h, n_b = ids
+            num_m, n_h, n_b, _ = ids
             while tile < num_m * n_h * n_b:
                 q_state, state = self.consume_tile(tile, q_state, state, frags, *args)
                 tile += cute.arch.grid_dim()[0]

@@ -52,6 +52,17 @@ def _num_sms(device) -> int:
     return n
 
 
+L2_BYTES_FOR_KV = 50 << 20  # of the H100's 50 MB / H200's 60 MB L2
+
+
+def _l2_heads(k, v) -> int:
+    """How many (batch, head) pairs' K and V fit in L2 together, as a power of two
+    (Note [LPT order] in hopper_fwd.py); FA4's LPT scheduler sizes its sections alike."""
+    per_head = k.shape[2] * (k.shape[3] + v.shape[3]) * k.element_size()
+    n = max(1, L2_BYTES_FOR_KV // max(per_head, 1))
+    return 1 << (n.bit_length() - 1)
+
+
 def _arch_ok() -> tuple[bool, str]:
     forced = os.environ.get("CUTE_DSL_ARCH")
     if torch.cuda.is_available():
@@ -156,7 +167,7 @@ def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, rat
     stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
     # Empty tuples are not jit arguments: an absent group travels as None.
     return cute.compile(kernel, q, k, v, o, lse, mx, cutlass.Float32(1.0), sparse,
-                        cutlass.Int32(132),
+                        cutlass.Int32(132), cutlass.Int32(1),
                         aux_t or None, aux_s or None, stream,
                         options=("--enable-tvm-ffi " + options).strip())
 
@@ -279,7 +290,7 @@ def flash_attn_fwd(q, k, v, *, scale: Optional[float] = None, block_sparse=None,
                                 for t in block_sparse[:4])
         sparse = (cnt, idx, fcnt if has_full else None, fidx if has_full else None)
     aux_t, aux_s = _runtime_aux(score_mod, mask_mod)
-    fn(q, k, v, out, lse, mx, float(scale), sparse, _num_sms(q.device),
+    fn(q, k, v, out, lse, mx, float(scale), sparse, _num_sms(q.device), _l2_heads(k, v),
        aux_t or None, aux_s or None)
     return out, (lse if return_lse else None), mx
 

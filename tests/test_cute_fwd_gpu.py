@@ -446,3 +446,18 @@ def test_three_consumer_warpgroups(case):
     hdim 64 (see choose_config) but a supported configuration."""
     r = run_case(case, **THREE_WG)
     assert r["ok"], f"seed={r['seed']}: {r}"
+
+
+@gpu
+def test_lpt_sections_with_a_remainder(monkeypatch):
+    """Note [LPT order]: (batch, head) pairs in L2-sized sections; here 6 pairs in sections
+    of 4, so the last section holds 2 and every tile must still be visited exactly once."""
+    import cute_kernels.interface as itf
+
+    case = ("causal sparse b2h3", 2, 3, 3, 1000, 1000, 128, 128, torch.bfloat16, "causal", (128, 128))
+    per_head = 1000 * 256 * 2
+    monkeypatch.setattr(itf, "L2_BYTES_FOR_KV", 4 * per_head + 1)
+    assert itf._l2_heads(torch.empty(1, 1, 1000, 128, dtype=torch.bfloat16),
+                         torch.empty(1, 1, 1000, 128, dtype=torch.bfloat16)) == 4
+    r = run_case(case)
+    assert r["ok"], f"seed={r['seed']}: {r}"
