@@ -15,6 +15,7 @@ and captured-scalar kernels across two processes on the GPU.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -81,6 +82,7 @@ class CompileKey:
 
 
 _memory: dict[CompileKey, Any] = {}
+log = logging.getLogger("flex_fa4.cute_kernels")
 _loaded_modules: list = []  # never unloaded while their functions may run
 last_compile_seconds: float = 0.0  # wall time of the most recent compile or disk load (0 on a hit)
 last_source: str = ""  # "memory" | "disk" | "compile"
@@ -136,7 +138,9 @@ def _load(path: str, symbol: str):
         fn = getattr(mod, symbol)
         _loaded_modules.append(mod)
         return fn
-    except Exception:  # a stale or foreign file: recompile
+    except Exception as e:  # a stale or foreign file: recompile
+        log.warning("cute_kernels: could not load cached kernel %s (%s: %s); recompiling",
+                    path, type(e).__name__, e)
         return None
 
 
@@ -156,8 +160,11 @@ def _store(compiled, path: str, symbol: str) -> None:
         libs = cute.runtime.find_runtime_libraries(enable_tvm_ffi=True)
         subprocess.run(["gcc", "-shared", "-o", lib, obj, *libs], check=True, capture_output=True)
         os.replace(lib, path)
-    except Exception:
-        pass  # the disk cache is an optimization; never fail a call because of it
+    except Exception as e:  # the disk cache is an optimization; never fail a call for it
+        detail = getattr(e, "stderr", b"") or b""
+        log.warning("cute_kernels: could not write the disk cache entry %s (%s: %s %s); the "
+                    "kernel stays in memory only", path, type(e).__name__, e,
+                    detail.decode(errors="replace")[-500:] if isinstance(detail, bytes) else detail)
     finally:
         if tmp_dir is not None:
             import shutil
