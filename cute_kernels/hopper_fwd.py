@@ -328,16 +328,24 @@ class HopperFlexFwd:
                                            cute.group_modes(gK, 0, 2))
         tVsV, tVgV = cpasync.tma_partition(tma_atom_V, 0, one, cute.group_modes(sV, 0, 2),
                                            cute.group_modes(gV, 0, 2))
-        # Q waits for the previous tile's epilogue to free sQ (it doubles as sO).
+        kv = (tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV, pipe_k, pipe_v)
+        total = n_part + n_full
+        # Note [Q first]: a fresh CTA loads Q first, then its K/V tiles, as FA3/FA4 do. A
+        # persistent CTA loads its next tile's first K/V tile before Q instead: Q waits for
+        # the previous tile's epilogue to free sQ (it doubles as sO), and the K/V load
+        # overlaps that wait.
+        first = 0
+        if const_expr(self.cfg.persistent):
+            if total > 0:
+                n_block, _ = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
+                state = self.load_kv(n_block, state, *kv)
+            first = 1
         pipe_q.producer_acquire(q_state)
         cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
         q_state.advance()
-        kv = (tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV, pipe_k, pipe_v)
-        for t in cutlass.range(n_part, unroll=1):
-            state = self.load_kv(self.list_tile(part_row, t, seqlen_k), state, *kv)
-        if const_expr(full_row is not None or not self.has_sparse):
-            for t in cutlass.range(n_full, unroll=1):
-                state = self.load_kv(self.list_tile(full_row, t, seqlen_k), state, *kv)
+        for t in cutlass.range(first, total, unroll=1):
+            n_block, _ = self.visit_tile(t, n_part, part_row, full_row, seqlen_k)
+            state = self.load_kv(n_block, state, *kv)
         return q_state, state
 
     @cute.jit
@@ -407,6 +415,10 @@ class HopperFlexFwd:
         m_block, head_idx, batch_idx = self.decode_tile(tile, ids)
         lists = self.visit_lists(m_block, head_idx, batch_idx, seqlen_k, sparse)
         acc_O.fill(0.0)
+        # Defined before the first (zero-initializing) QK^T, which still names acc_S as an
+        # input: otherwise the previous tile's acc_S stays live around the persistent
+        # tile loop and ptxas serializes the wgmmas at hdim 128 (C7512).
+        acc_S.fill(0.0)
         softmax.reset()
         pipe_q.consumer_wait(q_state)
         state = self.mainloop(state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg,
