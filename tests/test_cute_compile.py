@@ -150,9 +150,9 @@ def _ptxas():
 
 
 @pytest.mark.skipif(_ptxas() is None, reason="needs ptxas")
-# The persistent variant at hdim 128 is known to hit C7512 (why it is off by default).
-@pytest.mark.parametrize("d,override", [(64, {}), (128, {}), (256, {}), (256, {"persistent": True})],
-                         ids=["d64", "d128", "d256", "d256-persistent"])
+@pytest.mark.parametrize("d,override", [(64, {}), (128, {}), (256, {}), (128, {"persistent": True}),
+                                        (256, {"persistent": True})],
+                         ids=["d64", "d128", "d256", "d128-persistent", "d256-persistent"])
 def test_no_wgmma_serialization(d, override, tmp_path):
     """ptxas must not serialize the wgmmas for lack of registers (warning C7512): that
     cost 25% at hdim 128 once (see Note [single tile] in hopper_fwd.py)."""
