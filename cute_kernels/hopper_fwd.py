@@ -379,7 +379,7 @@ class HopperFlexFwd:
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         if const_expr(self.cfg.pingpong):
             # Note [pingpong]: the consumer warpgroups take turns issuing their GEMMs
-            # (named barriers 3, 4, ...), so one WG's softmax overlaps the other's
+            # (named barriers 4, 5, ...), so one WG's softmax overlaps the other's
             # tensor-core work. WG 0 gets the first turn; each tile leaves one pending
             # arrival for WG 0 again, so the turns stay balanced across tiles.
             if wg == 0:
