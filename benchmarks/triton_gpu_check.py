@@ -3,6 +3,7 @@ forward and forward+backward speed side by side with torch.compile(flex_attentio
 
     python benchmarks/triton_gpu_check.py [--sizes 2048 8192] [--variants noop causal ...]
                                           [--budget-s 500] [--out DIR]
+    python benchmarks/triton_gpu_check.py --sweep [--api causal] ...   # tile candidates
 
 B=4, Hq=Hkv=16, D=128, bf16, BlockMask 128x128 built by torch's create_block_mask
 (both libraries read the same block lists). TFLOP/s counts unmasked pairs only:
@@ -10,7 +11,11 @@ forward 4*B*H*S*S*D*density, forward+backward 3.5x that. Times are medians of
 triton.testing.do_bench. Each row also checks our out/dq/dk/dv against flex's
 (relative Frobenius error; both bf16, so ~1e-2 is expected). Rows stop being
 started once --budget-s seconds have passed, so a device lease is never overrun;
-the table and a JSON file go to --out (default $OUT or .).
+the table and a JSON file go to --out (default $OUT or .). Per row it also reports the
+host time per queued call (fwd and fwd+bwd), which bounds any timing loop that does not
+flush L2 between calls (flex_fa4's bench). --sweep times our backward alone and forward
+alone under each of BWD_CANDIDATES / FWD_CANDIDATES (forced, autotuning off) next to
+flex's; --api adds fwd+bwd through flex_fa4.flex_attention(backend="triton").
 """
 from __future__ import annotations
 
@@ -95,14 +100,31 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def run_row(name, S, mask_fn, score_fn, flex_c, device) -> dict:
+def host_us(fn, n: int = 20) -> float:
+    """CPU time per queued call (the GPU runs behind): above the GPU time, the host
+    is what a timing loop without L2 flushes measures."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    us = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return us
+
+
+def setup(S, mask_fn, score_fn, device):
+    """Inputs, both libraries' block masks and our traced mods for one row."""
     torch.manual_seed(0)
     q, k, v, do = (torch.randn(B, H, S, D, device=device, dtype=DTYPE) for _ in range(4))
     bm = create_block_mask(mask_fn if mask_fn is not None else (lambda b, h, q, k: q >= 0),
                            None, None, S, S, device=device)
-    bs = to_sparse(bm)
     tm = trace_mask_mod(mask_fn) if mask_fn is not None else None
     ts = trace_score_mod(score_fn) if score_fn is not None else None
+    return q, k, v, do, bm, to_sparse(bm), tm, ts
+
+
+def run_row(name, S, mask_fn, score_fn, flex_c, device) -> dict:
+    q, k, v, do, bm, bs, tm, ts = setup(S, mask_fn, score_fn, device)
     scale = D ** -0.5
     flops = 4 * B * H * S * S * D * density(mask_fn, S, device)
     row = {"variant": name, "S": S, "density": flops / (4 * B * H * S * S * D)}
@@ -155,12 +177,10 @@ def run_row(name, S, mask_fn, score_fn, flex_c, device) -> dict:
     # do_bench flushes L2 before each call, so host time beyond that flush shows in
     # short launches; the CPU time per queued call and a CUDA-graph replay (GPU time
     # alone) separate the kernel from the Python around it
+    for key, fn in (("ours_fwd_bwd", ours_fwd_bwd), ("flex_fwd_bwd", flex_fwd_bwd)):
+        row[key + "_host_us"] = host_us(fn)
     for key, fn in (("ours", ours_fwd), ("flex", flex_fwd)):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            fn()
-        row[key + "_fwd_host_us"] = (time.perf_counter() - t0) / 20 * 1e6
+        row[key + "_fwd_host_us"] = host_us(fn)
         torch.cuda.synchronize()
         try:
             row[key + "_fwd_graph_ms"] = triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
@@ -169,6 +189,121 @@ def run_row(name, S, mask_fn, score_fn, flex_c, device) -> dict:
     row["tiles"] = sorted(f"{getattr(k[0], '__name__', k[0])}:{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}"
                           f"w{c.num_warps}s{c.num_stages}" for k, c in configs._CHOSEN.items() if k not in before)
     return row
+
+
+# --sweep: backward launch shapes (configs.BwdTile args: m1 n1 m2 n2 warps stages), each
+# forced (autotuning off) and checked against flex's gradients.
+BWD_CANDIDATES = (
+    ("bwd 32x128/128x64 w8s2", (32, 128, 128, 64, 8, 2)),
+    ("bwd 64x128/128x64 w8s2", (64, 128, 128, 64, 8, 2)),
+    ("bwd 64x128/128x64 w8s3", (64, 128, 128, 64, 8, 3)),
+)
+FWD_CANDIDATES = (  # configs.Tile args: m n warps stages
+    ("fwd 128x128 w8s3", (128, 128, 8, 3)),
+    ("fwd 128x64 w8s3", (128, 64, 8, 3)),
+)
+
+
+def sweep_row(name, S, mask_fn, score_fn, flex_c, device, deadline: float) -> list[dict]:
+    """Our backward alone (and forward alone) under each candidate, next to flex's times."""
+    q, k, v, do, bm, bs, tm, ts = setup(S, mask_fn, score_fn, device)
+    scale = D ** -0.5
+    flex_bm = None if mask_fn is None else bm
+    qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    ref = flex_c(qg, kg, vg, score_mod=score_fn, block_mask=flex_bm, scale=scale)
+    ref.backward(do)
+    ref_grads = (qg.grad.clone(), kg.grad.clone(), vg.grad.clone())
+
+    def flex_fwd_bwd():
+        flex_c(qg, kg, vg, score_mod=score_fn, block_mask=flex_bm, scale=scale).backward(do)
+
+    flex_fwd_ms = bench(lambda: flex_c(q, k, v, score_mod=score_fn, block_mask=flex_bm, scale=scale))
+    flex_bwd_ms = bench(flex_fwd_bwd) - flex_fwd_ms
+    out, lse, _ = fallback_triton.attention_forward(q, k, v, scale=scale, block_sparse=bs, score_mod=ts,
+                                                    mask_mod=tm)
+    wanted = [False] * len(ts.buffers) if ts is not None else None
+    saved = (configs.backward_tiles, configs.forward_tiles, os.environ.get("FLEX_FA4_TRITON_AUTOTUNE"))
+    os.environ["FLEX_FA4_TRITON_AUTOTUNE"] = "0"
+    rows = []
+    try:
+        for label, t in BWD_CANDIDATES:
+            if time.time() > deadline:
+                break
+            configs.backward_tiles = lambda d, size, t=t: (configs.BwdTile(*t),)
+
+            def ours_bwd():
+                return fallback_triton.attention_backward(q, k, v, out, lse, do, scale=scale, block_sparse=bs,
+                                                          score_mod=ts, mask_mod=tm, buffer_requires_grad=wanted)
+            try:
+                dq, dk, dv, _ = ours_bwd()
+                err = max(rel(a, b) for a, b in zip((dq, dk, dv), ref_grads))
+                ms = bench(ours_bwd)
+                rows.append(dict(variant=name, S=S, config=label, ms=ms, flex_ms=flex_bwd_ms, err=err,
+                                 host_us=host_us(ours_bwd, 10)))
+            except Exception as e:  # noqa: BLE001 - one failing candidate must not lose the rest
+                rows.append(dict(variant=name, S=S, config=label, error=f"{type(e).__name__}: {e}"[:300]))
+            print(json.dumps(rows[-1]), flush=True)
+        for label, t in FWD_CANDIDATES:
+            if time.time() > deadline:
+                break
+            configs.forward_tiles = lambda d, size, t=t: (configs.Tile(*t),)
+
+            def ours_fwd():
+                return fallback_triton.attention_forward(q, k, v, scale=scale, block_sparse=bs, score_mod=ts,
+                                                         mask_mod=tm)
+            try:
+                err = rel(ours_fwd()[0], ref)
+                rows.append(dict(variant=name, S=S, config=label, ms=bench(ours_fwd), flex_ms=flex_fwd_ms, err=err))
+            except Exception as e:  # noqa: BLE001
+                rows.append(dict(variant=name, S=S, config=label, error=f"{type(e).__name__}: {e}"[:300]))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        configs.backward_tiles, configs.forward_tiles, autotune = saved
+        if autotune is None:
+            os.environ.pop("FLEX_FA4_TRITON_AUTOTUNE", None)
+        else:
+            os.environ["FLEX_FA4_TRITON_AUTOTUNE"] = autotune
+    return rows
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """One line per (variant, S): each candidate's time as flex_ms / ours_ms (>1: ours faster)."""
+    labels = [c[0] for c in BWD_CANDIDATES] + [c[0] for c in FWD_CANDIDATES]
+    lines = ["| variant | S | flex bwd ms | flex fwd ms | " + " | ".join(labels) + " |",
+             "|---" * (4 + len(labels)) + "|"]
+    keys = sorted({(r["variant"], r["S"]) for r in rows}, key=lambda x: (x[1], x[0]))
+    for key in keys:
+        by = {r["config"]: r for r in rows if (r["variant"], r["S"]) == key}
+        fb = next((r["flex_ms"] for r in by.values() if "flex_ms" in r and not r["config"].startswith("fwd")), 0)
+        ff = next((r["flex_ms"] for r in by.values() if "flex_ms" in r and r["config"].startswith("fwd")), 0)
+        cells = []
+        for lab in labels:
+            r = by.get(lab)
+            if r is None:
+                cells.append("-")
+            elif "error" in r:
+                cells.append("ERR")
+            else:
+                bad = "" if r["err"] < 2e-2 else " WRONG"
+                cells.append(f"{r['ms']:.3f} ({r['flex_ms'] / r['ms']:.2f}){bad}")
+        lines.append(f"| {key[0]} | {key[1]} | {fb:.3f} | {ff:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def api_row(name, S, mask_fn, score_fn, device) -> dict:
+    """Forward+backward through flex_fa4.flex_attention(backend="triton") (autograd, validation,
+    block-mask handling): its time next to its host time per call."""
+    import flex_fa4
+
+    q, k, v, do = (torch.randn(B, H, S, D, device=device, dtype=DTYPE, requires_grad=True) for _ in range(4))
+    bm = flex_fa4.create_block_mask(mask_fn, B, H, S, S, device=device) if mask_fn is not None else None
+
+    def fwd_bwd():
+        out = flex_fa4.flex_attention(q, k, v, score_mod=score_fn, block_mask=bm, backend="triton")
+        return torch.autograd.grad(out, (q, k, v), do)
+
+    fwd_bwd()
+    return dict(variant=name, S=S, api_fwd_bwd_ms=bench(fwd_bwd), api_fwd_bwd_host_us=host_us(fwd_bwd))
 
 
 def run_decode(Sq: int, Skv: int, flex_c, device) -> dict:
@@ -206,6 +341,10 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=500.0)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--decode", action="store_true", help="also time split-KV decoding")
+    ap.add_argument("--sweep", action="store_true",
+                    help="instead of the side-by-side rows: time BWD_CANDIDATES / FWD_CANDIDATES per variant")
+    ap.add_argument("--api", nargs="*", default=None,
+                    help="with --sweep: also time fwd+bwd through flex_fa4.flex_attention for these variants")
     args = ap.parse_args()
     start = time.time()
     device = torch.device("cuda")
@@ -213,6 +352,29 @@ def main() -> None:
     flex_c = torch.compile(flex_attention, dynamic=False)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
     rows = []
+    if args.sweep:
+        for S in args.sizes:
+            for name, (mask_fn, score_fn) in variants(S, device).items():
+                if args.variants is not None and name not in args.variants:
+                    continue
+                if time.time() - start > args.budget_s:
+                    print(f"budget reached: skipping {name} S={S}", flush=True)
+                    continue
+                rows += sweep_row(name, S, mask_fn, score_fn, flex_c, device, start + args.budget_s)
+                with open(os.path.join(args.out, "triton_sweep.json"), "w") as f:
+                    json.dump(rows, f, indent=1)
+        table = sweep_table(rows)
+        for name in args.api or ():  # our defaults, as the sweep left the tile caches
+            for S in args.sizes:
+                try:
+                    r = api_row(name, S, *variants(S, device)[name], device)
+                except Exception as e:  # noqa: BLE001
+                    r = {"variant": name, "S": S, "error": f"{type(e).__name__}: {e}"[:500]}
+                table += "\n" + json.dumps(r)
+        with open(os.path.join(args.out, "triton_sweep.md"), "w") as f:
+            f.write(table + "\n")
+        print(f"\nms (flex / ours), B={B} H={H} D={D} bf16; total {time.time() - start:.0f} s\n{table}")
+        return
     for S in args.sizes:
         for name, (mask_fn, score_fn) in variants(S, device).items():
             if args.variants is not None and name not in args.variants:

@@ -35,8 +35,8 @@ class Tile:
     def fits(self, block_q: int, block_kv: int) -> bool:
         return block_q % self.m == 0 and block_kv % self.n == 0
 
-    def config(self, m_name: str, n_name: str) -> triton.Config:
-        return triton.Config({m_name: self.m, n_name: self.n}, num_warps=self.warps, num_stages=self.stages)
+    def config(self) -> triton.Config:
+        return triton.Config(dict(BLOCK_M=self.m, BLOCK_N=self.n), num_warps=self.warps, num_stages=self.stages)
 
 
 # Forward, bf16/fp16, head dim <= 128. Register reports from ptxas (sm_90a, d=128,
@@ -72,46 +72,61 @@ FWD_TILES_FP32 = (
     Tile(16, 16, 4, 1),
 )
 
-# Backward, dK/dV pass: m is the q tile streamed over, n the kv tile held in
-# registers (dK, dV accumulators are n x D fp32 each). ptxas at d=128: (32, 128, 8 warps)
-# has no spills for causal / softcap / ALiBi (236-255 registers); (64, 128, 8) spills
-# 24-700 bytes (softcap worst); (64, 128/64, 4 warps) and (32, 128, 4) spill heavily.
-DKDV_TILES_16BIT = (
-    Tile(32, 128, 8, 2),
-    Tile(64, 64, 8, 2),
-    Tile(64, 128, 8, 2),
-    Tile(32, 32, 4, 2),
-    Tile(16, 16, 4, 2),
+
+@dataclass(frozen=True)
+class BwdTile:
+    """One backward launch shape (Note [one backward launch] in backward.py): the dK/dV
+    programs' tile (m1 q rows streamed x n1 kv rows held) and the dQ programs' tile
+    (m2 q rows held x n2 kv rows streamed), sharing warps and stages."""
+
+    m1: int
+    n1: int
+    m2: int
+    n2: int
+    warps: int = 8
+    stages: int = 2
+
+    def fits(self, block_q: int, block_kv: int) -> bool:
+        return block_q % self.m1 == 0 and block_q % self.m2 == 0 and block_kv % self.n1 == 0 \
+            and block_kv % self.n2 == 0
+
+    def config(self) -> triton.Config:
+        return triton.Config(dict(BLOCK_M=self.m1, BLOCK_N=self.n1, BLOCK_M2=self.m2, BLOCK_N2=self.n2),
+                             num_warps=self.warps, num_stages=self.stages)
+
+
+# Backward, bf16/fp16, head dim <= 128. dK/dV programs keep n1 x D fp32 accumulators for
+# dK and dV, dQ programs one m2 x D. ptxas (sm_90a, d=128, one launch holding both
+# kinds): (64x128 | 128x64, 8 warps, 2 stages) uses 247-255 registers, no spills for noop,
+# causal, document, ALiBi, 148 bytes for softcap (208 with 3 stages); (32x128 | 128x64,
+# 8 warps) 220-245 registers, never spills; (64x64 | 64x64, 4 warps) spills 16-108 bytes.
+# H200, backward alone (benchmarks/triton_gpu_check.py --sweep, B=4 H=16): 64x128 beats
+# 32x128 by 8-17% on every row, spills included (S=2048 noop 1.09 -> 0.93 ms, softcap
+# 0.89 -> 0.82; S=8192 causal 8.26 -> 7.24, softcap 11.3 -> 10.3), and is PyTorch flex's
+# H100 default shape too; 3 stages instead of 2 won noop at 8192 (14.1 vs 14.3 ms) and
+# lost causal (7.58 vs 7.24), so both are tuned. The 32-row tile stays as the spill-free
+# choice for heavier mods.
+BWD_TILES_16BIT = (
+    BwdTile(64, 128, 128, 64, 8, 2),
+    BwdTile(64, 128, 128, 64, 8, 3),
+    BwdTile(32, 128, 128, 64, 8, 2),
+    BwdTile(64, 64, 64, 64, 4, 2),
+    BwdTile(32, 32, 32, 32, 4, 2),
+    BwdTile(16, 16, 16, 16, 4, 2),
 )
-# dQ pass: m is the q tile held, n the kv tile streamed. ptxas at d=128:
-# (128, 64, 8 warps) no spills (205-255 registers), (128, 32, 8) no spills at 139-200,
-# (128, 32, 4) spills 180-550 bytes.
-DQ_TILES_16BIT = (
-    Tile(128, 64, 8, 3),
-    Tile(128, 64, 8, 2),
-    Tile(128, 32, 8, 2),
-    Tile(64, 64, 4, 3),
-    Tile(32, 32, 4, 2),
-    Tile(16, 16, 4, 2),
-)
-# head dim 256 (ptxas, causal / softcap / ALiBi): dK/dV (32, 64, 8 warps) spills
-# 36-164 bytes but keeps wgmma; (64, 32, 8) fits without spills on mma.sync; (64, 64, 8)
-# spills 200-1200 bytes; 4-warp tiles of 16-32 rows spill kilobytes. dQ (64, 64, 8) fits.
-DKDV_TILES_LARGE_D = (
-    Tile(32, 64, 8, 2),
-    Tile(64, 32, 8, 1),
-    Tile(32, 32, 4, 2),
-    Tile(16, 16, 4, 2),
-)
-DQ_TILES_LARGE_D = (
-    Tile(64, 64, 8, 2),
-    Tile(32, 64, 4, 2),
-    Tile(32, 32, 4, 2),
-    Tile(16, 16, 4, 2),
+# head dim 256, ptxas of the one-launch kernel (causal / softcap, not yet timed on a GPU):
+# (32x64 | 64x64, 8 warps) spills 56-76 bytes but keeps 64-row wgmma tiles; (32x32 |
+# 64x32, 8 warps) 185-195 registers, no spills; (64x32 | 64x64, 1 stage), the former
+# separate kernels' pick, spills 724 bytes once both kinds share the launch.
+BWD_TILES_LARGE_D = (
+    BwdTile(32, 64, 64, 64, 8, 2),
+    BwdTile(32, 32, 64, 32, 8, 2),
+    BwdTile(32, 32, 32, 32, 4, 2),
+    BwdTile(16, 16, 16, 16, 4, 2),
 )
 BWD_TILES_FP32 = (
-    Tile(32, 32, 4, 2),
-    Tile(16, 16, 4, 1),
+    BwdTile(32, 32, 32, 32, 4, 2),
+    BwdTile(16, 16, 16, 16, 4, 1),
 )
 
 # Split-KV decoding: the q tile is as small as the query count allows (>= 16 for
@@ -121,6 +136,7 @@ DECODE_MAX_Q = 64  # Q_LEN at or below this takes the split-KV path
 
 # In the interpreter: one small tile, since numbers, not speed, matter there.
 INTERPRETER_TILE = Tile(16, 16, 1, 1)
+INTERPRETER_BWD_TILE = BwdTile(16, 16, 16, 16, 1, 1)
 
 
 def forward_tiles(head_dim: int, itemsize: int) -> tuple[Tile, ...]:
@@ -129,21 +145,15 @@ def forward_tiles(head_dim: int, itemsize: int) -> tuple[Tile, ...]:
     return FWD_TILES_16BIT if head_dim <= 128 else FWD_TILES_16BIT_LARGE_D
 
 
-def dkdv_tiles(head_dim: int, itemsize: int) -> tuple[Tile, ...]:
+def backward_tiles(head_dim: int, itemsize: int) -> tuple[BwdTile, ...]:
     if itemsize == 4:
         return BWD_TILES_FP32
-    return DKDV_TILES_16BIT if head_dim <= 128 else DKDV_TILES_LARGE_D
+    return BWD_TILES_16BIT if head_dim <= 128 else BWD_TILES_LARGE_D
 
 
-def dq_tiles(head_dim: int, itemsize: int) -> tuple[Tile, ...]:
-    if itemsize == 4:
-        return BWD_TILES_FP32
-    return DQ_TILES_16BIT if head_dim <= 128 else DQ_TILES_LARGE_D
-
-
-def interpreter_tile(block_q: int, block_kv: int) -> Tile:
-    """The interpreter's fixed tile, shrunk until it divides the mask blocks."""
-    t = INTERPRETER_TILE
+def interpreter_tile(block_q: int, block_kv: int, backward: bool = False):
+    """The interpreter's fixed tile (it divides every allowed mask block)."""
+    t = INTERPRETER_BWD_TILE if backward else INTERPRETER_TILE
     assert t.fits(block_q, block_kv), f"mask blocks ({block_q}, {block_kv}) must be multiples of {MIN_TILE}"
     return t
 
@@ -151,7 +161,7 @@ def interpreter_tile(block_q: int, block_kv: int) -> Tile:
 MAX_TUNED = 3  # configs benchmarked per key: the first that fit; keeps first-call tuning short
 
 
-def fitting(tiles: tuple[Tile, ...], block_q: int, block_kv: int) -> list[Tile]:
+def fitting(tiles: tuple, block_q: int, block_kv: int) -> list:
     """The tiles that divide the mask blocks (Note [tile divides mask block]), in list order."""
     kept = [t for t in tiles if t.fits(block_q, block_kv)]
     if not kept:
@@ -160,17 +170,18 @@ def fitting(tiles: tuple[Tile, ...], block_q: int, block_kv: int) -> list[Tile]:
     return kept
 
 
-def prune_for_mask(m_name: str, n_name: str):
+def _config_fits(kwargs: dict, block_q: int, block_kv: int) -> bool:
+    """BLOCK_M* extents divide the q mask block, BLOCK_N* the kv one."""
+    return all((block_q if name.startswith("BLOCK_M") else block_kv) % size == 0
+               for name, size in kwargs.items() if name.startswith("BLOCK_"))
+
+
+def prune_for_mask(configs, named_args, **kwargs):
     """An `early_config_prune` keeping the first MAX_TUNED configs whose tiles divide
     the mask blocks."""
-
-    def prune(configs, named_args, **kwargs):
-        args = {**named_args, **kwargs}
-        bq, bkv = args["SPARSE_Q"], args["SPARSE_KV"]
-        kept = [c for c in configs if bq % c.kwargs[m_name] == 0 and bkv % c.kwargs[n_name] == 0]
-        return kept[:MAX_TUNED] or [configs[-1]]
-
-    return prune
+    args = {**named_args, **kwargs}
+    kept = [c for c in configs if _config_fits(c.kwargs, args["SPARSE_Q"], args["SPARSE_KV"])]
+    return kept[:MAX_TUNED] or [configs[-1]]
 
 
 def autotune_enabled() -> bool:
@@ -187,9 +198,9 @@ _TUNED: dict = {}
 _CHOSEN: dict = {}
 
 
-def launch(kernel, tiles: tuple[Tile, ...], grid, args: tuple, consts: dict, key: tuple,
+def launch(kernel, tiles: tuple, grid, args: tuple, consts: dict, key: tuple,
            block_q: int, block_kv: int, reset_to_zero=None) -> None:
-    """Run `kernel` with BLOCK_M/BLOCK_N from `tiles`: on a GPU autotuned once per `key`
+    """Run `kernel` with the BLOCK_* sizes of `tiles` (Tile or BwdTile): on a GPU autotuned once per `key`
     (a hashable summary of what changes the best tile: constexprs, length buckets,
     dtype), else the first tile that fits. `grid(meta)` gives the grid.
 
@@ -201,9 +212,10 @@ def launch(kernel, tiles: tuple[Tile, ...], grid, args: tuple, consts: dict, key
         # tile's shared memory past the limit, which only the compiler knows)
         candidates = fitting(tiles, block_q, block_kv)
         for i, t in enumerate(candidates):
-            meta = dict(BLOCK_M=t.m, BLOCK_N=t.n)
+            cfg = t.config()
             try:
-                kernel[grid(meta)](*args, **consts, **meta, num_warps=t.warps, num_stages=t.stages)
+                kernel[grid(cfg.kwargs)](*args, **consts, **cfg.kwargs, num_warps=cfg.num_warps,
+                                         num_stages=cfg.num_stages)
                 return
             except triton.runtime.errors.OutOfResources:
                 if i == len(candidates) - 1:
@@ -216,8 +228,8 @@ def launch(kernel, tiles: tuple[Tile, ...], grid, args: tuple, consts: dict, key
     tuner_key = (kernel, tiles, tuple(reset_to_zero or ()))
     if tuner_key not in _TUNED:
         _TUNED[tuner_key] = triton.autotune(
-            configs=[t.config("BLOCK_M", "BLOCK_N") for t in tiles], key=["tune_key"],
-            prune_configs_by={"early_config_prune": prune_for_mask("BLOCK_M", "BLOCK_N")},
+            configs=[t.config() for t in tiles], key=["tune_key"],
+            prune_configs_by={"early_config_prune": prune_for_mask},
             reset_to_zero=reset_to_zero,
         )(kernel)
     tuner = _TUNED[tuner_key]
