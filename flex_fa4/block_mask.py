@@ -71,7 +71,9 @@ def _ordered(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     block numbers first, ascending, then the rest."""
     counts = selected.sum(-1, dtype=torch.int32)
     order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    return counts, order
+    # contiguous: results of a transposed input keep its strides, and the kernels would
+    # otherwise copy the q lists on every backward call (~30 us each on an H200)
+    return counts.contiguous(), order.contiguous()
 
 
 def _dense_from_ordered(counts: torch.Tensor, indices: torch.Tensor, n_cols: int) -> torch.Tensor:
