@@ -38,7 +38,7 @@ import triton.language as tl
 from . import configs
 from .mods import empty_list
 from .problem import alloc, interpreting, strides3
-from .tiles import LOG2E, block_of_tile, keep_mask, load_tile, scores_log2
+from .tiles import LOG2E, keep_mask, load_tile, scores_log2, tile_start
 
 
 @triton.jit
@@ -73,6 +73,15 @@ def _pair_accumulators(offs_n, NUM_PAIRS: tl.constexpr):
     return acc
 
 
+@triton.constexpr_function
+def _pair_mode(pair_modes, i):
+    """Pair i's 3-bit field of PAIR_MODES (Note [buffer-gradient reduction]), called at
+    each use: a compile-time value bound to a name inside tl.static_range would be an
+    annotated constexpr rebound per iteration, which compiled Triton rejects (the
+    interpreter does not, so only GPU runs caught it)."""
+    return (pair_modes >> (3 * i)) & 7
+
+
 @triton.jit
 def _scatter_buffer_grads(res, keep, like, acc, DBuf, bases, NUM_PAIRS: tl.constexpr, PAIR_MODES: tl.constexpr,
                           NEEDS_KEEP: tl.constexpr):
@@ -84,19 +93,18 @@ def _scatter_buffer_grads(res, keep, like, acc, DBuf, bases, NUM_PAIRS: tl.const
     zero_i = tl.zeros(like.shape, tl.int32)
     new_acc = ()
     for i in tl.static_range(NUM_PAIRS):
-        mode: tl.constexpr = (PAIR_MODES >> (3 * i)) & 7
-        if mode == 4:  # gradient not wanted
+        if _pair_mode(PAIR_MODES, i) == 4:  # gradient not wanted
             new_acc = new_acc + (acc[2 * i], acc[2 * i + 1])
         else:
             off = res[1 + 2 * i] + zero_i
             val = res[2 + 2 * i] + tl.zeros_like(like)
             if NEEDS_KEEP:
                 val = tl.where(keep, val, 0.0)
-            if mode == 0 or mode == 2:  # q-independent: accumulate per kv row
+            if _pair_mode(PAIR_MODES, i) % 2 == 0:  # modes 0, 2: q-independent, accumulate per kv row
                 new_acc = new_acc + (acc[2 * i] + tl.sum(val, 1), tl.max(off, 1))
             else:
                 base = DBuf + bases[i]
-                if mode == 1:  # q only: reduce over kv
+                if _pair_mode(PAIR_MODES, i) == 1:  # q only: reduce over kv
                     tl.atomic_add(base + tl.max(off, 0), tl.sum(val, 0))
                 else:
                     tl.atomic_add(base + off, val)
@@ -108,11 +116,10 @@ def _scatter_buffer_grads(res, keep, like, acc, DBuf, bases, NUM_PAIRS: tl.const
 def _flush_buffer_grads(acc, DBuf, bases, NUM_PAIRS: tl.constexpr, PAIR_MODES: tl.constexpr):
     """Atomically add the per-kv-row sums kept by `_scatter_buffer_grads`."""
     for i in tl.static_range(NUM_PAIRS):
-        mode: tl.constexpr = (PAIR_MODES >> (3 * i)) & 7
         base = DBuf + bases[i]
-        if mode == 0:  # one address for the whole program
+        if _pair_mode(PAIR_MODES, i) == 0:  # one address for the whole program
             tl.atomic_add(base + tl.max(acc[2 * i + 1], 0), tl.sum(acc[2 * i], 0))
-        elif mode == 2:
+        elif _pair_mode(PAIR_MODES, i) == 2:
             tl.atomic_add(base + acc[2 * i + 1], acc[2 * i])
 
 
@@ -125,18 +132,16 @@ def _dkdv_tiles(dk, dv, bacc, k, v, q_base, do_base, q_stride_m, do_stride_m, ls
                 MERGED: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_KV: tl.constexpr, SPARSE_Q: tl.constexpr,
                 BLOCK_M: tl.constexpr,
                 D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-                PREC: tl.constexpr):
+                PREC: tl.constexpr, DENSE: tl.constexpr):
     """dK, dV contributions of q tiles [tile_lo, tile_hi) of one transposed list (or of
-    both, MERGED: Note [merged lists] in tiles.py). Works on transposed tiles (kv
+    both, MERGED: Note [merged lists] in tiles.py; or of every q tile, DENSE). Works on transposed tiles (kv
     rows, q columns) so dK/dV need no transposes."""
-    TILES_PER_BLOCK: tl.constexpr = SPARSE_Q // BLOCK_M
     APPLY_MASK: tl.constexpr = (not IS_FULL_BLOCK) and (MASK_FN is not None)
     NEEDS_KEEP: tl.constexpr = APPLY_MASK or (not EVEN_Q) or (not EVEN_KV)
     offs_m0 = tl.arange(0, BLOCK_M)
     kv_idx = offs_n[:, None]
     for t in range(tile_lo, tile_hi):
-        blk = block_of_tile(idx_row, full_row, n_part, t, TILES_PER_BLOCK, MERGED)
-        offs_m = blk * SPARSE_Q + (t % TILES_PER_BLOCK) * BLOCK_M + offs_m0
+        offs_m = tile_start(idx_row, full_row, n_part, t, SPARSE_Q, BLOCK_M, MERGED, DENSE) + offs_m0
         q = load_tile(q_base, offs_m, q_stride_m, seq_q, D, D_PAD, EVEN_Q)
         if EVEN_Q:
             lse2 = tl.load(lse_row + offs_m)
@@ -192,7 +197,7 @@ def _dkdv_program(
     NUM_PAIRS: tl.constexpr, PAIR_MODES: tl.constexpr, HAS_FULL: tl.constexpr,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_KV: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DENSE: tl.constexpr,
 ):
     """dK, dV of kv tile `tile_n` of (batch b, kv head hk): walks the transposed lists
     of every query head of the GQA group."""
@@ -214,31 +219,35 @@ def _dkdv_program(
         do_base = DO + b.to(tl.int64) * do_strides[0] + h.to(tl.int64) * do_strides[1]
         lse_row = Lse2 + (b * num_heads + h).to(tl.int64) * seq_q
         delta_row = Delta + (b * num_heads + h).to(tl.int64) * seq_q
-        n_part, part_row = _list_row(q_num, q_idx, q_num_strides, q_idx_strides, b, h, bkv, ROW_TILES)
         bacc = _pair_accumulators(offs_n, NUM_PAIRS)
-        if HAS_FULL:
-            n_full, full_row = _list_row(fq_num, fq_idx, fq_num_strides, fq_idx_strides, b, h, bkv, ROW_TILES)
+        if DENSE:  # Note [dense walk] in tiles.py
+            n_part, part_row = 0, q_idx
+            n_full, full_row = tl.cdiv(seq_q, BLOCK_M), q_idx
         else:
-            n_full, full_row = 0, part_row
-        if HAS_FULL and MASK_FN is None:  # Note [merged lists]
+            n_part, part_row = _list_row(q_num, q_idx, q_num_strides, q_idx_strides, b, h, bkv, ROW_TILES)
+            if HAS_FULL:
+                n_full, full_row = _list_row(fq_num, fq_idx, fq_num_strides, fq_idx_strides, b, h, bkv, ROW_TILES)
+            else:
+                n_full, full_row = 0, part_row
+        if DENSE or (HAS_FULL and MASK_FN is None):  # Note [merged lists]
             dk, dv, bacc = _dkdv_tiles(dk, dv, bacc, k, v, q_base, do_base, q_strides[2], do_strides[2], lse_row,
                                        delta_row, part_row, full_row, n_part, 0, n_part + n_full, b, h, offs_n,
                                        seq_q, seq_k, sm_scale, qk_scale, score_args, mask_args, grad_args, DBuf,
                                        dbuf_bases, SCORE_FN, MASK_FN, GRAD_FN, NUM_PAIRS, PAIR_MODES, True, True,
-                                       EVEN_Q, EVEN_KV, SPARSE_Q, BLOCK_M, D, DV, D_PAD, DV_PAD, PREC)
+                                       EVEN_Q, EVEN_KV, SPARSE_Q, BLOCK_M, D, DV, D_PAD, DV_PAD, PREC, DENSE)
         else:
             dk, dv, bacc = _dkdv_tiles(dk, dv, bacc, k, v, q_base, do_base, q_strides[2], do_strides[2], lse_row,
                                        delta_row, part_row, part_row, 0, 0, n_part, b, h, offs_n, seq_q, seq_k,
                                        sm_scale, qk_scale, score_args, mask_args, grad_args, DBuf, dbuf_bases,
                                        SCORE_FN, MASK_FN, GRAD_FN, NUM_PAIRS, PAIR_MODES, False, False,
-                                       EVEN_Q, EVEN_KV, SPARSE_Q, BLOCK_M, D, DV, D_PAD, DV_PAD, PREC)
+                                       EVEN_Q, EVEN_KV, SPARSE_Q, BLOCK_M, D, DV, D_PAD, DV_PAD, PREC, False)
             if HAS_FULL:
                 dk, dv, bacc = _dkdv_tiles(dk, dv, bacc, k, v, q_base, do_base, q_strides[2], do_strides[2],
                                            lse_row, delta_row, full_row, full_row, 0, 0, n_full, b, h, offs_n,
                                            seq_q, seq_k, sm_scale, qk_scale, score_args, mask_args, grad_args,
                                            DBuf, dbuf_bases, SCORE_FN, MASK_FN, GRAD_FN, NUM_PAIRS, PAIR_MODES,
                                            True, False, EVEN_Q, EVEN_KV, SPARSE_Q, BLOCK_M, D, DV, D_PAD, DV_PAD,
-                                           PREC)
+                                           PREC, False)
         if NUM_PAIRS > 0:
             _flush_buffer_grads(bacc, DBuf, dbuf_bases, NUM_PAIRS, PAIR_MODES)
     dk = dk * sm_scale
@@ -259,10 +268,9 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, idx_
               IS_FULL_BLOCK: tl.constexpr, MERGED: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_KV: tl.constexpr,
               SPARSE_KV: tl.constexpr, BLOCK_N: tl.constexpr,
               D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-              PREC: tl.constexpr):
+              PREC: tl.constexpr, DENSE: tl.constexpr):
     """dQ contributions of kv tiles [tile_lo, tile_hi) of one forward list (or of both,
-    MERGED: Note [merged lists] in tiles.py)."""
-    TILES_PER_BLOCK: tl.constexpr = SPARSE_KV // BLOCK_N
+    MERGED: Note [merged lists] in tiles.py; or of every kv tile, DENSE)."""
     APPLY_MASK: tl.constexpr = (not IS_FULL_BLOCK) and (MASK_FN is not None)
     NEEDS_KEEP: tl.constexpr = APPLY_MASK or (not EVEN_KV)
     offs_d = tl.arange(0, D_PAD)
@@ -270,8 +278,7 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, idx_
     offs_n0 = tl.arange(0, BLOCK_N)
     q_idx = offs_m[:, None]
     for t in range(tile_lo, tile_hi):
-        blk = block_of_tile(idx_row, full_row, n_part, t, TILES_PER_BLOCK, MERGED)
-        offs_n = blk * SPARSE_KV + (t % TILES_PER_BLOCK) * BLOCK_N + offs_n0
+        offs_n = tile_start(idx_row, full_row, n_part, t, SPARSE_KV, BLOCK_N, MERGED, DENSE) + offs_n0
         k = load_tile(k_base, offs_n, stride_kn, seq_k, D, D_PAD, EVEN_KV)
         v = load_tile(v_base, offs_n, stride_vn, seq_k, DV, DV_PAD, EVEN_KV)
         qk = tl.dot(q, tl.trans(k), input_precision=PREC)
@@ -307,7 +314,7 @@ def _dq_program(
     HAS_FULL: tl.constexpr,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_KV: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DENSE: tl.constexpr,
 ):
     """dQ of q tile `tile_m` of (batch b, query head h): walks the forward lists."""
     start_m = tile_m * BLOCK_M
@@ -327,26 +334,31 @@ def _dq_program(
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     bq = start_m // SPARSE_Q
     ROW_TILES: tl.constexpr = SPARSE_KV // BLOCK_N
-    n_part, part_row = _list_row(kv_num, kv_idx, kv_num_strides, kv_idx_strides, b, h, bq, ROW_TILES)
-    if HAS_FULL:
-        n_full, full_row = _list_row(full_num, full_idx, full_num_strides, full_idx_strides, b, h, bq, ROW_TILES)
+    if DENSE:  # Note [dense walk] in tiles.py
+        n_part, part_row = 0, kv_idx
+        n_full, full_row = tl.cdiv(seq_k, BLOCK_N), kv_idx
     else:
-        n_full, full_row = 0, part_row
-    if HAS_FULL and MASK_FN is None:  # Note [merged lists]
+        n_part, part_row = _list_row(kv_num, kv_idx, kv_num_strides, kv_idx_strides, b, h, bq, ROW_TILES)
+        if HAS_FULL:
+            n_full, full_row = _list_row(full_num, full_idx, full_num_strides, full_idx_strides, b, h, bq,
+                                         ROW_TILES)
+        else:
+            n_full, full_row = 0, part_row
+    if DENSE or (HAS_FULL and MASK_FN is None):  # Note [merged lists]
         dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, k_strides[2], v_strides[2], part_row, full_row,
                        n_part, 0, n_part + n_full, b, h, offs_m, seq_q, seq_k, sm_scale, qk_scale, score_args,
                        mask_args, grad_args, SCORE_FN, MASK_FN, GRAD_FN, NUM_PAIRS, True, True, EVEN_Q, EVEN_KV,
-                       SPARSE_KV, BLOCK_N, D, DV, D_PAD, DV_PAD, PREC)
+                       SPARSE_KV, BLOCK_N, D, DV, D_PAD, DV_PAD, PREC, DENSE)
     else:
         dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, k_strides[2], v_strides[2], part_row, part_row,
                        0, 0, n_part, b, h, offs_m, seq_q, seq_k, sm_scale, qk_scale, score_args, mask_args,
                        grad_args, SCORE_FN, MASK_FN, GRAD_FN, NUM_PAIRS, False, False, EVEN_Q, EVEN_KV,
-                       SPARSE_KV, BLOCK_N, D, DV, D_PAD, DV_PAD, PREC)
+                       SPARSE_KV, BLOCK_N, D, DV, D_PAD, DV_PAD, PREC, False)
         if HAS_FULL:
             dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, k_strides[2], v_strides[2], full_row, full_row,
                            0, 0, n_full, b, h, offs_m, seq_q, seq_k, sm_scale, qk_scale, score_args, mask_args,
                            grad_args, SCORE_FN, MASK_FN, GRAD_FN, NUM_PAIRS, True, False, EVEN_Q, EVEN_KV,
-                           SPARSE_KV, BLOCK_N, D, DV, D_PAD, DV_PAD, PREC)
+                           SPARSE_KV, BLOCK_N, D, DV, D_PAD, DV_PAD, PREC, False)
     dq = dq * sm_scale
     tl.store(DQ + b.to(tl.int64) * dq_strides[0] + h.to(tl.int64) * dq_strides[1]
              + offs_m[:, None] * dq_strides[2] + offs_d[None, :], dq.to(DQ.dtype.element_ty),
@@ -368,7 +380,7 @@ def backward_kernel(
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_KV: tl.constexpr,
     PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M2: tl.constexpr,
-    BLOCK_N2: tl.constexpr,
+    BLOCK_N2: tl.constexpr, DENSE: tl.constexpr,
 ):
     """Grid (kv tiles + q tiles * group, batch * kv heads): program axis 0 runs over the
     dK/dV programs (one per BLOCK_N kv tile, tile BLOCK_M x BLOCK_N), then the dQ
@@ -385,7 +397,7 @@ def backward_kernel(
                       q_num, q_idx, q_num_strides, q_idx_strides, fq_num, fq_idx, fq_num_strides, fq_idx_strides,
                       seq_q, seq_k, num_heads, group, sm_scale, qk_scale, score_args, mask_args, grad_args,
                       dbuf_bases, SCORE_FN, MASK_FN, GRAD_FN, NUM_PAIRS, PAIR_MODES, HAS_FULL,
-                      D, DV, D_PAD, DV_PAD, SPARSE_Q, SPARSE_KV, EVEN_Q, EVEN_KV, PREC, BLOCK_M, BLOCK_N)
+                      D, DV, D_PAD, DV_PAD, SPARSE_Q, SPARSE_KV, EVEN_Q, EVEN_KV, PREC, BLOCK_M, BLOCK_N, DENSE)
     else:
         # dQ program i: query head g of the group, q tile i % n_q_tiles
         i = pid - n_kv_tiles
@@ -396,15 +408,16 @@ def backward_kernel(
                     full_num, full_idx, full_num_strides, full_idx_strides,
                     seq_q, seq_k, num_heads, group, sm_scale, qk_scale, score_args, mask_args, grad_args,
                     SCORE_FN, MASK_FN, GRAD_FN, NUM_PAIRS, HAS_FULL,
-                    D, DV, D_PAD, DV_PAD, SPARSE_Q, SPARSE_KV, EVEN_Q, EVEN_KV, PREC, BLOCK_M2, BLOCK_N2)
+                    D, DV, D_PAD, DV_PAD, SPARSE_Q, SPARSE_KV, EVEN_Q, EVEN_KV, PREC, BLOCK_M2, BLOCK_N2, DENSE)
 
 
 # --------------------------------------------------------------------------- host side
 
 def launch_backward(q, k, v, out, lse, dout, prob, scale: float, kv_part, kv_full, q_part, q_full,
-                    score, mask, grad):
+                    score, mask, grad, dense: bool = False):
     """dQ, dK, dV (and the buffer-gradient workspace inside `grad`, a mods.GradLaunch
-    or None). `kv_*`/`q_*` are mods.BlockList (full ones may be None)."""
+    or None). `kv_*`/`q_*` are mods.BlockList (full ones may be None); `dense`: Note
+    [dense walk] in tiles.py."""
     dev = q.device
     consts = prob.constexprs()
     rows = prob.batch * prob.heads * prob.seq_q
@@ -434,7 +447,7 @@ def launch_backward(q, k, v, out, lse, dout, prob, scale: float, kv_part, kv_ful
         score.args, mask.args, grad_args, bases,
     )
     consts = dict(SCORE_FN=score.fn, MASK_FN=mask.fn, GRAD_FN=grad_fn, NUM_PAIRS=num_pairs, PAIR_MODES=modes,
-                  HAS_FULL=kv_full is not None, **consts)
+                  HAS_FULL=kv_full is not None, DENSE=dense, **consts)
 
     def grid(meta):
         return (triton.cdiv(prob.seq_k, meta["BLOCK_N"]) + triton.cdiv(prob.seq_q, meta["BLOCK_M2"]) * prob.group,

@@ -22,7 +22,7 @@ import triton.language as tl
 from . import configs
 from .mods import empty_list
 from .problem import interpreting, strides3
-from .tiles import LN2, block_of_tile, keep_mask, load_tile, scores_log2
+from .tiles import LN2, keep_mask, load_tile, scores_log2, tile_start
 
 
 @triton.jit
@@ -31,18 +31,15 @@ def _attend(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, idx_row, ful
             SCORE_FN: tl.constexpr, MASK_FN: tl.constexpr, IS_FULL_BLOCK: tl.constexpr, MERGED: tl.constexpr,
             EVEN_KV: tl.constexpr, SPARSE_KV: tl.constexpr, BLOCK_N: tl.constexpr,
             D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-            PREC: tl.constexpr):
+            PREC: tl.constexpr, DENSE: tl.constexpr):
     """Online softmax over kernel tiles [tile_lo, tile_hi) of one block list (or of
-    both, MERGED: Note [merged lists] in tiles.py)."""
-    TILES_PER_BLOCK: tl.constexpr = SPARSE_KV // BLOCK_N
+    both, MERGED: Note [merged lists] in tiles.py; or of every kv tile, DENSE)."""
     APPLY_MASK: tl.constexpr = (not IS_FULL_BLOCK) and (MASK_FN is not None)
     NEEDS_KEEP: tl.constexpr = APPLY_MASK or (not EVEN_KV)
     offs_n0 = tl.arange(0, BLOCK_N)
     q_idx = offs_m[:, None]
     for t in range(tile_lo, tile_hi):
-        blk = block_of_tile(idx_row, full_row, n_part, t, TILES_PER_BLOCK, MERGED)
-        start_n = blk * SPARSE_KV + (t % TILES_PER_BLOCK) * BLOCK_N
-        offs_n = start_n + offs_n0
+        offs_n = tile_start(idx_row, full_row, n_part, t, SPARSE_KV, BLOCK_N, MERGED, DENSE) + offs_n0
         k = load_tile(k_base, offs_n, stride_kn, seq_k, D, D_PAD, EVEN_KV)
         qk = tl.dot(q, tl.trans(k), input_precision=PREC)
         kv_idx = offs_n[None, :]
@@ -94,7 +91,7 @@ def attention_fwd_kernel(
     SCORE_FN: tl.constexpr, MASK_FN: tl.constexpr, HAS_FULL: tl.constexpr,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_KV: tl.constexpr,
-    PREC: tl.constexpr, WRITE_MAX: tl.constexpr, IS_SPLIT: tl.constexpr,
+    PREC: tl.constexpr, WRITE_MAX: tl.constexpr, IS_SPLIT: tl.constexpr, DENSE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0)
@@ -109,11 +106,15 @@ def attention_fwd_kernel(
     # this q tile's row of the BlockMask and its tile ranges
     bq = (start_m * BLOCK_M) // SPARSE_Q
     ROW_TILES: tl.constexpr = SPARSE_KV // BLOCK_N
-    n_part = _row_tiles(kv_num, bq, kv_num_strides, b, h, ROW_TILES)
-    if HAS_FULL:
-        n_full = _row_tiles(full_num, bq, full_num_strides, b, h, ROW_TILES)
+    if DENSE:  # Note [dense walk] in tiles.py
+        n_part = 0
+        n_full = tl.cdiv(seq_k, BLOCK_N)
     else:
-        n_full = 0
+        n_part = _row_tiles(kv_num, bq, kv_num_strides, b, h, ROW_TILES)
+        if HAS_FULL:
+            n_full = _row_tiles(full_num, bq, full_num_strides, b, h, ROW_TILES)
+        else:
+            n_full = 0
     if IS_SPLIT:
         per = tl.cdiv(n_part + n_full, num_splits)
         lo = split * per
@@ -141,21 +142,21 @@ def attention_fwd_kernel(
 
     part_row = kv_idx + b * kv_idx_strides[0] + h * kv_idx_strides[1] + bq * kv_idx_strides[2]
     full_row = full_idx + b * full_idx_strides[0] + h * full_idx_strides[1] + bq * full_idx_strides[2]
-    if HAS_FULL and MASK_FN is None:  # Note [merged lists]
+    if DENSE or (HAS_FULL and MASK_FN is None):  # Note [merged lists]
         acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_base, v_base, k_strides[2], v_strides[2], part_row, full_row,
                                 n_part, lo, hi, b, h, offs_m, seq_q, seq_k, sm_scale, qk_scale,
                                 score_args, mask_args, SCORE_FN, MASK_FN, True, True, EVEN_KV, SPARSE_KV, BLOCK_N,
-                                D, DV, D_PAD, DV_PAD, PREC)
+                                D, DV, D_PAD, DV_PAD, PREC, DENSE)
     else:
         acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_base, v_base, k_strides[2], v_strides[2], part_row, part_row,
                                 0, part_lo, part_hi, b, h, offs_m, seq_q, seq_k, sm_scale, qk_scale,
                                 score_args, mask_args, SCORE_FN, MASK_FN, False, False, EVEN_KV, SPARSE_KV, BLOCK_N,
-                                D, DV, D_PAD, DV_PAD, PREC)
+                                D, DV, D_PAD, DV_PAD, PREC, False)
         if HAS_FULL:
             acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_base, v_base, k_strides[2], v_strides[2], full_row,
                                     full_row, 0, full_lo, full_hi, b, h, offs_m, seq_q, seq_k, sm_scale, qk_scale,
                                     score_args, mask_args, SCORE_FN, MASK_FN, True, False, EVEN_KV, SPARSE_KV,
-                                    BLOCK_N, D, DV, D_PAD, DV_PAD, PREC)
+                                    BLOCK_N, D, DV, D_PAD, DV_PAD, PREC, False)
 
     # epilogue: rows that saw nothing have l = 0, m = -inf -> out 0, lse -inf
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -178,11 +179,14 @@ def attention_fwd_kernel(
 # --------------------------------------------------------------------------- host side
 
 def launch_forward(q, k, v, prob, scale: float, part, full, score, mask, return_max: bool,
-                   num_splits: int = 1, block_m: int | None = None, out=None, lse=None, max_scores=None):
+                   num_splits: int = 1, block_m: int | None = None, out=None, lse=None, max_scores=None,
+                   dense: bool = False):
     """Launch attention_fwd_kernel. `part`/`full` are mods.BlockList (full may be None);
     `score`/`mask` are mods.ModLaunch. With num_splits > 1 (split-KV) the outputs are
     the fp32 partial buffers of split_kv.py and `block_m` fixes the q tile; otherwise
-    the tile is autotuned on a GPU."""
+    the tile is autotuned on a GPU. `dense`: Note [dense walk] in tiles.py."""
+    if dense and mask.fn is not None:
+        raise ValueError("the dense walk has no mask_mod to apply; pass dense=False")
     full_list = full if full is not None else empty_list(q.device)
     args = (
         q, k, v, out, lse, max_scores if max_scores is not None else lse,
@@ -193,7 +197,7 @@ def launch_forward(q, k, v, prob, scale: float, part, full, score, mask, return_
     )
     consts = dict(
         SCORE_FN=score.fn, MASK_FN=mask.fn, HAS_FULL=full is not None, **prob.constexprs(),
-        WRITE_MAX=return_max, IS_SPLIT=num_splits > 1,
+        WRITE_MAX=return_max, IS_SPLIT=num_splits > 1, DENSE=dense,
     )
     if block_m is not None or interpreting():
         if interpreting():

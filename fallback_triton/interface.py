@@ -106,8 +106,15 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, block_sparse: BlockSparseTensors,
     score_mod: Optional[TracedMod], mask_mod: Optional[TracedMod], return_max_scores: bool = False,
+    dense: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Block-sparse attention forward. Returns (out, lse, max_scores or None)."""
+    """Block-sparse attention forward. Returns (out, lse, max_scores or None).
+
+    dense=True promises that block_sparse lists every block as full and there is no
+    mask_mod (what flex_fa4 builds when no block_mask is given): the kernel then walks
+    every kv tile without reading the lists (Note [dense walk] in tiles.py)."""
+    if dense and mask_mod is not None:
+        raise ValueError("dense=True means no mask_mod, but a mask_mod was given")
     _check(q, k, v, scale, block_sparse, score_mod)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     prob = Problem.of(q, k, v, block_sparse)
@@ -120,10 +127,11 @@ def attention_forward(
     part, full = kv_lists(block_sparse)
     score, mask = mod_launch(score_mod), mod_launch(mask_mod)
     if Sq <= DECODE_MAX_Q:
-        launch_decode(q, k, v, prob, scale, part, full, score, mask, return_max_scores, out, lse, max_scores)
+        launch_decode(q, k, v, prob, scale, part, full, score, mask, return_max_scores, out, lse, max_scores,
+                      dense=dense)
     else:
         launch_forward(q, k, v, prob, scale, part, full, score, mask, return_max_scores,
-                       out=out, lse=lse, max_scores=max_scores)
+                       out=out, lse=lse, max_scores=max_scores, dense=dense)
     return out, lse, max_scores
 
 
@@ -131,7 +139,7 @@ def attention_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     dout: torch.Tensor, *, scale: float, block_sparse: BlockSparseTensors,
     score_mod: Optional[TracedMod], mask_mod: Optional[TracedMod], deterministic: bool = False,
-    buffer_requires_grad: Optional[Sequence[bool]] = None,
+    buffer_requires_grad: Optional[Sequence[bool]] = None, dense: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """Gradients of attention_forward's `out`. Returns (dq, dk, dv, dbuffers) where
     dbuffers is aligned with score_mod.buffers: the gradient of each captured float
@@ -141,8 +149,10 @@ def attention_backward(
 
     dq, dk, dv never use atomics (deterministic whatever `deterministic` says); the
     captured-buffer gradients are fp32 atomic sums, so their last bits may vary from
-    run to run."""
+    run to run. `dense`: as for attention_forward."""
     del deterministic  # dq/dk/dv are always computed in a fixed order, see backward.py
+    if dense and mask_mod is not None:
+        raise ValueError("dense=True means no mask_mod, but a mask_mod was given")
     _check(q, k, v, scale, block_sparse, score_mod)
     q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
     prob = Problem.of(q, k, v, block_sparse)
@@ -158,7 +168,7 @@ def attention_backward(
     if prob.seq_q == 0 or prob.seq_k == 0:
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), buffer_grads(score_mod, grad))
     dq, dk, dv = launch_backward(q, k, v, out, lse, dout, prob, scale, kv_part, kv_full, q_part, q_full,
-                                 score, mask, grad)
+                                 score, mask, grad, dense=dense)
     return dq, dk, dv, buffer_grads(score_mod, grad)
 
 

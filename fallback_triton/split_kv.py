@@ -72,7 +72,8 @@ def combine_kernel(Part, PartLse, PartMax, Out, Lse, MaxScores, rows, num_splits
 
 # --------------------------------------------------------------------------- host side
 
-def launch_decode(q, k, v, prob, scale: float, part, full, score, mask, return_max: bool, out, lse, max_scores):
+def launch_decode(q, k, v, prob, scale: float, part, full, score, mask, return_max: bool, out, lse, max_scores,
+                  dense: bool = False):
     """Forward for seq_q <= DECODE_MAX_Q: a q tile sized to the queries and, when the
     (b, h, q-tile) programs alone leave SMs idle, split-KV with a combine pass."""
     block_m = choose_q_tile(prob.seq_q, prob.block_q)
@@ -81,14 +82,14 @@ def launch_decode(q, k, v, prob, scale: float, part, full, score, mask, return_m
     splits = choose_splits(programs, triton.cdiv(prob.seq_k, tile_n), num_sms(q.device))
     if splits == 1:
         launch_forward(q, k, v, prob, scale, part, full, score, mask, return_max,
-                       block_m=block_m, out=out, lse=lse, max_scores=max_scores)
+                       block_m=block_m, out=out, lse=lse, max_scores=max_scores, dense=dense)
         return
     rows = prob.batch * prob.heads * prob.seq_q
     part_out = torch.empty(splits, rows, prob.head_dim_v, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(splits, rows, dtype=torch.float32, device=q.device)
     part_max = torch.empty(splits, rows, dtype=torch.float32, device=q.device)
     launch_forward(q, k, v, prob, scale, part, full, score, mask, True, num_splits=splits,
-                   block_m=block_m, out=part_out, lse=part_lse, max_scores=part_max)
+                   block_m=block_m, out=part_out, lse=part_lse, max_scores=part_max, dense=dense)
     block_r = 16
     dv_pad = max(16, triton.next_power_of_2(prob.head_dim_v))
     combine_kernel[(triton.cdiv(rows, block_r),)](

@@ -159,7 +159,7 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 def run_case(*, B=1, Hq=2, Hkv=None, Sq=37, Skv=37, D=16, DV=None, dtype=torch.float32,
              block=(32, 32), mask=None, score=None, score_ref=None, buffers=(), backward=True,
-             with_q_lists=True, batch_dep=False, head_dep=False, max_scores=True, demote=0.0):
+             with_q_lists=True, batch_dep=False, head_dep=False, max_scores=True, demote=0.0, dense=False):
     """Compare forward (and backward) with the float64 reference. `score(bufs)` and
     `score_ref(bufs64)` build the score_mod from its captured float buffers."""
     seed = torch.randint(0, 2**31, ()).item()
@@ -181,7 +181,7 @@ def run_case(*, B=1, Hq=2, Hkv=None, Sq=37, Skv=37, D=16, DV=None, dtype=torch.f
         traced_m = trace_mask_mod(mask) if mask is not None else None
         out, lse, mx = fallback_triton.attention_forward(
             q, k, v, scale=scale, block_sparse=bs, score_mod=traced_s, mask_mod=traced_m,
-            return_max_scores=max_scores)
+            return_max_scores=max_scores, dense=dense)
 
         q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
         bufs64 = [b.detach().double().requires_grad_() for b in bufs]
@@ -313,14 +313,50 @@ def test_decode_with_mods():
              backward=False)
 
 
+@pytest.mark.parametrize("Sq,Skv,Hkv", [(37, 45, 2), (70, 33, 1), (3, 150, 1)],
+                         ids=["odd", "gqa", "decode-split-kv"])
+def test_dense_walk(Sq, Skv, Hkv):
+    """Note [dense walk]: every tile visited without reading the lists (here emptied, so a
+    list walk would return zeros), forward and backward; tails masked; GQA; a score_mod;
+    split-KV decoding."""
+    seed = torch.randint(0, 2**31, ()).item()
+    torch.manual_seed(seed)
+    q = torch.randn(1, 2, Sq, 16, device=DEVICE)
+    k, v = (torch.randn(1, Hkv, Skv, 16, device=DEVICE) for _ in range(2))
+    slopes = torch.rand(2, device=DEVICE)
+    bs = block_sparse_from_mask(None, 1, 2, Sq, Skv, 16, 16)
+    bs = bs._replace(**{f: torch.zeros_like(getattr(bs, f)) for f in (
+        "kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks")})
+    score = trace_score_mod(alibi(slopes))
+    out, lse, _ = fallback_triton.attention_forward(q, k, v, scale=0.25, block_sparse=bs, score_mod=score,
+                                                    mask_mod=None, dense=True)
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    r_out, r_lse, _ = reference(q64, k64, v64, 0.25, alibi(slopes.double()), None)
+    assert rel_err(out, r_out) < 1e-4 and rel_err(lse, r_lse) < 1e-4, f"seed {seed}"
+    dout = torch.randn_like(out)
+    dq, dk, dv, _ = fallback_triton.attention_backward(q, k, v, out, lse, dout, scale=0.25, block_sparse=bs,
+                                                       score_mod=score, mask_mod=None, dense=True)
+    want = torch.autograd.grad(r_out, (q64, k64, v64), dout.double())
+    for name, got, w in zip(("dq", "dk", "dv"), (dq, dk, dv), want):
+        assert rel_err(got, w) < 1e-4, f"seed {seed}: {name} {rel_err(got, w)}"
+
+
+def test_dense_walk_refuses_a_mask_mod():
+    q = torch.randn(1, 1, 32, 16, device=DEVICE)
+    bs = block_sparse_from_mask(None, 1, 1, 32, 32, 16, 16)
+    with pytest.raises(ValueError, match="dense"):
+        fallback_triton.attention_forward(q, q, q, scale=0.25, block_sparse=bs, score_mod=None,
+                                          mask_mod=trace_mask_mod(causal), dense=True)
+
+
 def test_can_implement_reasons():
-    q = torch.randn(1, 3, 4, 16)
-    k = torch.randn(1, 2, 4, 16)
+    q = torch.randn(1, 3, 4, 16, device=DEVICE)
+    k = torch.randn(1, 2, 4, 16, device=DEVICE)
     ok, why = fallback_triton.can_implement(q, k, k)
     assert not ok and "multiple" in why
     ok, why = fallback_triton.can_implement(q.to(torch.float64), k, k)
     assert not ok
-    big = torch.randn(1, 1, 4, 512)
+    big = torch.randn(1, 1, 4, 512, device=DEVICE)
     assert not fallback_triton.can_implement(big, big, big)[0]
     ok, _ = fallback_triton.can_implement(q[:, :2], k, k)
     assert ok

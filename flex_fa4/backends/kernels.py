@@ -63,6 +63,7 @@ class TritonBackend(Backend):
         return fallback_triton.attention_forward(
             call.q, call.k, call.v, scale=call.scale, block_sparse=call.block_sparse,
             score_mod=call.score_mod, mask_mod=call.mask_mod, return_max_scores=call.need_max_scores,
+            dense=call.dense and call.mask_mod is None,  # no block_mask: skip the block lists
         )
 
     def backward(self, call: AttentionCall, out, lse, dout):
@@ -79,6 +80,7 @@ class TritonBackend(Backend):
             deterministic=bool(call.option("deterministic", False)),
             # gradients of captured tensors cost ~8% more backward time: only for those that need them
             buffer_requires_grad=[b.requires_grad for b in call.score_mod.buffers] if call.score_mod else None,
+            dense=call.dense and call.mask_mod is None,
         )
 
 
