@@ -124,6 +124,20 @@ def _flush_buffer_grads(acc, DBuf, bases, NUM_PAIRS: tl.constexpr, PAIR_MODES: t
 
 
 @triton.jit
+def _through_score_mod(qk, ds, b, h, q_idx, kv_idx, sm_scale, grad_args, GRAD_FN: tl.constexpr,
+                       NUM_PAIRS: tl.constexpr):
+    """(dS after the score_mod's chain rule, as a full tile; GRAD_FN's raw result, whose
+    entries after the first are the buffer-gradient pairs when NUM_PAIRS > 0). Either
+    tile layout works: the mod is elementwise (q_idx / kv_idx broadcast either way)."""
+    res = GRAD_FN(qk * sm_scale, ds, b, h, q_idx, kv_idx, grad_args[0], grad_args[1], grad_args[2], grad_args[3])
+    if NUM_PAIRS == 0:
+        ds = res + tl.zeros_like(ds)
+    else:
+        ds = res[0] + tl.zeros_like(ds)
+    return ds, res
+
+
+@triton.jit
 def _dkdv_tiles(dk, dv, bacc, k, v, q_base, do_base, q_stride_m, do_stride_m, lse_row, delta_row,
                 idx_row, full_row, n_part, tile_lo, tile_hi, b, h, offs_n, seq_q, seq_k, sm_scale, qk_scale,
                 score_args, mask_args, grad_args, DBuf, dbuf_bases,
@@ -166,12 +180,8 @@ def _dkdv_tiles(dk, dv, bacc, k, v, q_base, do_base, q_stride_m, do_stride_m, ls
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
         dsT = pT * (dpT - delta[None, :])
         if SCORE_FN is not None:
-            res = GRAD_FN(qkT * sm_scale, dsT, b, h, q_idx, kv_idx,
-                          grad_args[0], grad_args[1], grad_args[2], grad_args[3])
-            if NUM_PAIRS == 0:
-                dsT = res + tl.zeros_like(dsT)
-            else:
-                dsT = res[0] + tl.zeros_like(dsT)
+            dsT, res = _through_score_mod(qkT, dsT, b, h, q_idx, kv_idx, sm_scale, grad_args, GRAD_FN, NUM_PAIRS)
+            if NUM_PAIRS > 0:
                 bacc = _scatter_buffer_grads(res, keep, dsT, bacc, DBuf, dbuf_bases, NUM_PAIRS, PAIR_MODES,
                                              NEEDS_KEEP)
             if NEEDS_KEEP:
@@ -292,12 +302,7 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, idx_
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
         if SCORE_FN is not None:
-            res = GRAD_FN(qk * sm_scale, ds, b, h, q_idx, kv_idx,
-                          grad_args[0], grad_args[1], grad_args[2], grad_args[3])
-            if NUM_PAIRS == 0:
-                ds = res + tl.zeros_like(ds)
-            else:
-                ds = res[0] + tl.zeros_like(ds)
+            ds, _ = _through_score_mod(qk, ds, b, h, q_idx, kv_idx, sm_scale, grad_args, GRAD_FN, NUM_PAIRS)
             if NEEDS_KEEP:
                 ds = tl.where(keep, ds, 0.0)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
