@@ -67,15 +67,11 @@ class CompileKey:
     config: Any  # FwdConfig
     score_mod: tuple | None
     mask_mod: tuple | None
-    sparse: tuple  # (has_sparse, has_full)
+    sparse: tuple  # (has_sparse, has_full, Q_BS / tile_m, KV_BS / tile_n)
     has_max: bool
     version: int = FORMAT_VERSION
     sources: str = SOURCE_DIGEST
-    libraries: str = ""  # _library_versions(), filled in by CompileKey.make
-
-    @classmethod
-    def make(cls, **fields) -> "CompileKey":
-        return cls(libraries=LIBRARY_VERSIONS, **fields)
+    libraries: str = LIBRARY_VERSIONS
 
     def digest(self) -> str:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:32]

@@ -173,7 +173,7 @@ def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, rat
 
 
 def _key(dtype_name, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, ratios=(1, 1)):
-    return cache.CompileKey.make(
+    return cache.CompileKey(
         kernel="hopper_flex_fwd", arch=ARCH, dtype=dtype_name, config=cfg,
         score_mod=score_mod.cache_key() if score_mod else None,
         mask_mod=mask_mod.cache_key() if mask_mod else None,

@@ -184,9 +184,8 @@ def launch_forward(q, k, v, prob, scale: float, part, full, score, mask, return_
     """Launch attention_fwd_kernel. `part`/`full` are mods.BlockList (full may be None);
     `score`/`mask` are mods.ModLaunch. With num_splits > 1 (split-KV) the outputs are
     the fp32 partial buffers of split_kv.py and `block_m` fixes the q tile; otherwise
-    the tile is autotuned on a GPU. `dense`: Note [dense walk] in tiles.py."""
-    if dense and mask.fn is not None:
-        raise ValueError("the dense walk has no mask_mod to apply; pass dense=False")
+    the tile is autotuned on a GPU. `dense`: Note [dense walk] in tiles.py (the caller,
+    interface.attention_forward, has checked that there is no mask_mod)."""
     full_list = full if full is not None else empty_list(q.device)
     args = (
         q, k, v, out, lse, max_scores if max_scores is not None else lse,

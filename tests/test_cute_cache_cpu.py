@@ -24,9 +24,8 @@ def compiled():
 def _key(name="a"):
     from cute_kernels import cache
 
-    return cache.CompileKey.make(kernel=name, arch="sm_90a", dtype="bf16", config=None,
-                                 score_mod=None, mask_mod=None, sparse=(True, True, 1, 1),
-                                 has_max=False)
+    return cache.CompileKey(kernel=name, arch="sm_90a", dtype="bf16", config=None, score_mod=None,
+                            mask_mod=None, sparse=(True, True, 1, 1), has_max=False)
 
 
 def test_key_names_the_libraries_and_sources():
