@@ -334,6 +334,20 @@ def graph_ratio(r: dict) -> str:
     return f"{b / a:.2f}" if isinstance(a, float) and isinstance(b, float) else "-"
 
 
+
+def selected_rows(args, device, start: float):
+    """(variant, S, mask_fn, score_fn) of the rows asked for, in order; rows that would start
+    after --budget-s are skipped with a message, so a device lease is never overrun."""
+    for S in args.sizes:
+        for name, (mask_fn, score_fn) in variants(S, device).items():
+            if args.variants is not None and name not in args.variants:
+                continue
+            if time.time() - start > args.budget_s:
+                print(f"budget reached: skipping {name} S={S}", flush=True)
+                continue
+            yield name, S, mask_fn, score_fn
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
@@ -353,16 +367,10 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
     rows = []
     if args.sweep:
-        for S in args.sizes:
-            for name, (mask_fn, score_fn) in variants(S, device).items():
-                if args.variants is not None and name not in args.variants:
-                    continue
-                if time.time() - start > args.budget_s:
-                    print(f"budget reached: skipping {name} S={S}", flush=True)
-                    continue
-                rows += sweep_row(name, S, mask_fn, score_fn, flex_c, device, start + args.budget_s)
-                with open(os.path.join(args.out, "triton_sweep.json"), "w") as f:
-                    json.dump(rows, f, indent=1)
+        for name, S, mask_fn, score_fn in selected_rows(args, device, start):
+            rows += sweep_row(name, S, mask_fn, score_fn, flex_c, device, start + args.budget_s)
+            with open(os.path.join(args.out, "triton_sweep.json"), "w") as f:
+                json.dump(rows, f, indent=1)
         table = sweep_table(rows)
         for name in args.api or ():  # our defaults, as the sweep left the tile caches
             for S in args.sizes:
@@ -375,21 +383,15 @@ def main() -> None:
             f.write(table + "\n")
         print(f"\nms (flex / ours), B={B} H={H} D={D} bf16; total {time.time() - start:.0f} s\n{table}")
         return
-    for S in args.sizes:
-        for name, (mask_fn, score_fn) in variants(S, device).items():
-            if args.variants is not None and name not in args.variants:
-                continue
-            if time.time() - start > args.budget_s:
-                print(f"budget reached: skipping {name} S={S}", flush=True)
-                continue
-            try:
-                row = run_row(name, S, mask_fn, score_fn, flex_c, device)
-            except Exception as e:  # keep going: one broken row must not lose the others
-                row = {"variant": name, "S": S, "error": f"{type(e).__name__}: {e}"[:500]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            with open(os.path.join(args.out, "triton_gpu_check.json"), "w") as f:
-                json.dump(rows, f, indent=1)
+    for name, S, mask_fn, score_fn in selected_rows(args, device, start):
+        try:
+            row = run_row(name, S, mask_fn, score_fn, flex_c, device)
+        except Exception as e:  # keep going: one broken row must not lose the others
+            row = {"variant": name, "S": S, "error": f"{type(e).__name__}: {e}"[:500]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(os.path.join(args.out, "triton_gpu_check.json"), "w") as f:
+            json.dump(rows, f, indent=1)
     if args.decode:
         for Sq in (1, 16):
             for Skv in (8192, 32768):
