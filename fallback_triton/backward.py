@@ -36,8 +36,9 @@ import triton
 import triton.language as tl
 
 from . import configs
+from .launch import Launch
 from .mods import empty_list
-from .problem import alloc, interpreting, strides3
+from .problem import alloc, interpreting
 from .tiles import LOG2E, keep_mask, load_tile, scores_log2, tile_start
 
 
@@ -283,8 +284,6 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, idx_
     MERGED: Note [merged lists] in tiles.py; or of every kv tile, DENSE)."""
     APPLY_MASK: tl.constexpr = (not IS_FULL_BLOCK) and (MASK_FN is not None)
     NEEDS_KEEP: tl.constexpr = APPLY_MASK or (not EVEN_KV)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
     offs_n0 = tl.arange(0, BLOCK_N)
     q_idx = offs_m[:, None]
     for t in range(tile_lo, tile_hi):
@@ -418,53 +417,69 @@ def backward_kernel(
 
 # --------------------------------------------------------------------------- host side
 
-def launch_backward(q, k, v, out, lse, dout, prob, scale: float, kv_part, kv_full, q_part, q_full,
-                    score, mask, grad, dense: bool = False):
-    """dQ, dK, dV (and the buffer-gradient workspace inside `grad`, a mods.GradLaunch
-    or None). `kv_*`/`q_*` are mods.BlockList (full ones may be None); `dense`: Note
-    [dense walk] in tiles.py."""
-    dev = q.device
-    consts = prob.constexprs()
-    rows = prob.batch * prob.heads * prob.seq_q
-    delta = alloc((rows,), torch.float32, dev)
-    lse2 = alloc((rows,), torch.float32, dev)
-    lse = lse.contiguous()
-    block_r = 16 if interpreting() else 64
-    preprocess_kernel[(triton.cdiv(prob.seq_q, block_r), prob.batch * prob.heads)](
-        out, dout, lse, delta, lse2, strides3(out), strides3(dout), prob.seq_q, prob.heads,
-        DV=consts["DV"], DV_PAD=consts["DV_PAD"], BLOCK_R=block_r,
-    )
-    dq = alloc(q.shape, q.dtype, dev)
-    dk = alloc(k.shape, k.dtype, dev)
-    dv = alloc(v.shape, v.dtype, dev)
-    grad_fn = grad.fn if grad is not None else None
-    grad_args = grad.args if grad is not None else score.args
-    num_pairs = grad.num_pairs if grad is not None else 0
-    dbuf = grad.workspace if grad is not None else delta  # a dummy when there is nothing to scatter
-    bases = grad.bases if grad is not None else (0,)
-    modes = grad.modes if grad is not None else 0
-    empty = empty_list(dev)
-    args = (
-        q, k, v, dout, dq, dk, dv, lse2, delta, dbuf,
-        strides3(q), strides3(k), strides3(v), strides3(dout), strides3(dq), strides3(dk), strides3(dv),
-        *kv_part.args(), *(kv_full or empty).args(), *q_part.args(), *(q_full or empty).args(),
-        prob.seq_q, prob.seq_k, prob.heads, prob.kv_heads, prob.group, scale, scale * 1.4426950408889634,
-        score.args, mask.args, grad_args, bases,
-    )
-    consts = dict(SCORE_FN=score.fn, MASK_FN=mask.fn, GRAD_FN=grad_fn, NUM_PAIRS=num_pairs, PAIR_MODES=modes,
-                  HAS_FULL=kv_full is not None, DENSE=dense, **consts)
+def contiguous_strides3(shape) -> tuple[int, int, int]:
+    """(b, h, s) strides of a contiguous (B, H, S, D) tensor."""
+    _, h, n, d = shape
+    return (h * n * d, n * d, d)
 
-    def grid(meta):
-        return (triton.cdiv(prob.seq_k, meta["BLOCK_N"]) + triton.cdiv(prob.seq_q, meta["BLOCK_M2"]) * prob.group,
-                prob.batch * prob.kv_heads)
 
-    if interpreting():
-        cfg = configs.interpreter_tile(prob.block_q, prob.block_kv, backward=True).config()
-        backward_kernel[grid(cfg.kwargs)](*args, 0, **consts, **cfg.kwargs, num_warps=cfg.num_warps,
-                                          num_stages=cfg.num_stages)
+class BackwardLaunch:
+    """The backward's two launches, called as (q, k, v, out, lse, dout, workspace) ->
+    (dq, dk, dv). `strides` holds the (b, h, s) strides of q, k, v, out and dout, in
+    that order; dq, dk, dv are allocated contiguous. `kv_*`/`q_*` are mods.BlockList
+    (full ones may be None); `grad` is a mods.GradLaunch or None and `workspace` the
+    fp32 tensor its buffer gradients are scattered into; `dense`: Note [dense walk]
+    in tiles.py."""
+
+    def __init__(self, prob, strides: tuple, scale: float, kv_part, kv_full, q_part, q_full, score, mask, grad,
+                 device: torch.device, dense: bool = False):
+        self.prob = prob
+        consts = prob.constexprs()
+        q_strides, k_strides, v_strides, out_strides, do_strides = strides
+        block_r = 16 if interpreting() else 64
+        self.preprocess = Launch(
+            preprocess_kernel, (out_strides, do_strides, prob.seq_q, prob.heads),
+            dict(DV=consts["DV"], DV_PAD=consts["DV_PAD"], BLOCK_R=block_r),
+            lambda meta: (triton.cdiv(prob.seq_q, block_r), prob.batch * prob.heads), config=triton.Config({}))
+        empty = empty_list(device)
+        static_args = (
+            q_strides, k_strides, v_strides, do_strides,
+            contiguous_strides3((prob.batch, prob.heads, prob.seq_q, prob.head_dim)),
+            contiguous_strides3((prob.batch, prob.kv_heads, prob.seq_k, prob.head_dim)),
+            contiguous_strides3((prob.batch, prob.kv_heads, prob.seq_k, prob.head_dim_v)),
+            *kv_part.args(), *(kv_full or empty).args(), *q_part.args(), *(q_full or empty).args(),
+            prob.seq_q, prob.seq_k, prob.heads, prob.kv_heads, prob.group, scale, scale * 1.4426950408889634,
+            score.args, mask.args, grad.args if grad is not None else score.args,
+            grad.bases if grad is not None else (0,),
+        )
+        num_pairs = grad.num_pairs if grad is not None else 0
+        consts = dict(SCORE_FN=score.fn, MASK_FN=mask.fn, GRAD_FN=grad.fn if grad is not None else None,
+                      NUM_PAIRS=num_pairs, PAIR_MODES=grad.modes if grad is not None else 0,
+                      HAS_FULL=kv_full is not None, DENSE=dense, **consts)
+
+        def grid(meta):
+            return (triton.cdiv(prob.seq_k, meta["BLOCK_N"]) + triton.cdiv(prob.seq_q, meta["BLOCK_M2"]) * prob.group,
+                    prob.batch * prob.kv_heads)
+
+        if interpreting():
+            self.main = Launch(backward_kernel, static_args, consts, grid,
+                               config=configs.interpreter_tile(prob.block_q, prob.block_kv, backward=True).config())
+        else:
+            # autotuning replays the kernel: the scatter-added workspace must restart from zero
+            self.main = Launch(backward_kernel, static_args, consts, grid,
+                               tiles=configs.backward_tiles(max(prob.head_dim, prob.head_dim_v), prob.dtype.itemsize),
+                               tune_key=prob.tune_key(consts), block_q=prob.block_q, block_kv=prob.block_kv,
+                               reset_to_zero=["DBuf"] if grad is not None and grad.workspace_size else None)
+
+    def __call__(self, q, k, v, out, lse, dout, workspace):
+        prob, dev = self.prob, q.device
+        rows = prob.batch * prob.heads * prob.seq_q
+        delta = alloc((rows,), torch.float32, dev)
+        lse2 = alloc((rows,), torch.float32, dev)
+        self.preprocess(out, dout, lse, delta, lse2)
+        dq = alloc(q.shape, q.dtype, dev)
+        dk = alloc(k.shape, k.dtype, dev)
+        dv = alloc(v.shape, v.dtype, dev)
+        # with nothing to scatter, `delta` stands in for the workspace (never written)
+        self.main(q, k, v, dout, dq, dk, dv, lse2, delta, workspace if workspace is not None else delta)
         return dq, dk, dv
-    # autotuning replays the kernel: the scatter-added workspace must restart from zero
-    configs.launch(backward_kernel, configs.backward_tiles(max(prob.head_dim, prob.head_dim_v), q.element_size()),
-                   grid, args, consts, prob.tune_key(consts), prob.block_q, prob.block_kv,
-                   reset_to_zero=["DBuf"] if num_pairs else None)
-    return dq, dk, dv

@@ -198,15 +198,21 @@ _TUNED: dict = {}
 _CHOSEN: dict = {}
 
 
+def tune_hash(key: tuple) -> int:
+    """The value of the kernels' last argument, `tune_key`: the autotuner keys on it."""
+    return hash(key) & 0x7FFFFFFF
+
+
 def launch(kernel, tiles: tuple, grid, args: tuple, consts: dict, key: tuple,
-           block_q: int, block_kv: int, reset_to_zero=None) -> None:
+           block_q: int, block_kv: int, reset_to_zero=None):
     """Run `kernel` with the BLOCK_* sizes of `tiles` (Tile or BwdTile): on a GPU autotuned once per `key`
     (a hashable summary of what changes the best tile: constexprs, length buckets,
-    dtype), else the first tile that fits. `grid(meta)` gives the grid.
+    dtype), else the first tile that fits. `grid(meta)` gives the grid; `args` end
+    with `tune_hash(key)`. Returns (the compiled kernel, its triton.Config) when one
+    tile was launched directly, (None, None) when the autotuner ran.
 
     After the first call for a key the chosen config is launched directly: Triton's
     Autotuner.run costs ~30 us of Python per call, which shows in short launches."""
-    args = args + (hash(key) & 0x7FFFFFFF,)  # the kernels' last argument, `tune_key`
     if not autotune_enabled():
         # the first tile that compiles within this GPU's resources (a mod's loads can push a
         # tile's shared memory past the limit, which only the compiler knows)
@@ -214,17 +220,14 @@ def launch(kernel, tiles: tuple, grid, args: tuple, consts: dict, key: tuple,
         for i, t in enumerate(candidates):
             cfg = t.config()
             try:
-                kernel[grid(cfg.kwargs)](*args, **consts, **cfg.kwargs, num_warps=cfg.num_warps,
-                                         num_stages=cfg.num_stages)
-                return
+                return run_config(kernel, grid, args, consts, cfg), cfg
             except triton.runtime.errors.OutOfResources:
                 if i == len(candidates) - 1:
                     raise
     full_key = (kernel, tiles, key)
     cfg = _CHOSEN.get(full_key)
     if cfg is not None:
-        kernel[grid(cfg.kwargs)](*args, **consts, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        return
+        return run_config(kernel, grid, args, consts, cfg), cfg
     tuner_key = (kernel, tiles, tuple(reset_to_zero or ()))
     if tuner_key not in _TUNED:
         _TUNED[tuner_key] = triton.autotune(
@@ -235,3 +238,10 @@ def launch(kernel, tiles: tuple, grid, args: tuple, consts: dict, key: tuple,
     tuner = _TUNED[tuner_key]
     tuner[grid](*args, **consts)
     _CHOSEN[full_key] = tuner.best_config
+    return None, None
+
+
+def run_config(kernel, grid, args: tuple, consts: dict, cfg: triton.Config):
+    """Launch one config through Triton; returns the compiled kernel (None in the interpreter)."""
+    return kernel[grid(cfg.kwargs)](*args, **consts, **cfg.kwargs, num_warps=cfg.num_warps,
+                                    num_stages=cfg.num_stages)

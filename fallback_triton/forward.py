@@ -16,12 +16,15 @@ Fully masked rows give out = 0 and lse = -inf.
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from . import configs
+from .configs import Tile
+from .launch import Launch
 from .mods import empty_list
-from .problem import interpreting, strides3
+from .problem import interpreting
 from .tiles import LN2, keep_mask, load_tile, scores_log2, tile_start
 
 
@@ -178,19 +181,19 @@ def attention_fwd_kernel(
 
 # --------------------------------------------------------------------------- host side
 
-def launch_forward(q, k, v, prob, scale: float, part, full, score, mask, return_max: bool,
-                   num_splits: int = 1, block_m: int | None = None, out=None, lse=None, max_scores=None,
-                   dense: bool = False):
-    """Launch attention_fwd_kernel. `part`/`full` are mods.BlockList (full may be None);
-    `score`/`mask` are mods.ModLaunch. With num_splits > 1 (split-KV) the outputs are
-    the fp32 partial buffers of split_kv.py and `block_m` fixes the q tile; otherwise
-    the tile is autotuned on a GPU. `dense`: Note [dense walk] in tiles.py (the caller,
-    interface.attention_forward, has checked that there is no mask_mod)."""
-    full_list = full if full is not None else empty_list(q.device)
-    args = (
-        q, k, v, out, lse, max_scores if max_scores is not None else lse,
-        strides3(q), strides3(k), strides3(v),
-        *part.args(), *full_list.args(),
+def forward_launch(prob, strides: tuple, scale: float, part, full, score, mask, return_max: bool,
+                   device: torch.device, num_splits: int = 1, block_m: int | None = None,
+                   dense: bool = False) -> Launch:
+    """attention_fwd_kernel as a Launch taking (q, k, v, out, lse, max_scores), where
+    `strides` are q's, k's and v's (b, h, s) strides and max_scores may be lse when not
+    wanted. `part`/`full` are mods.BlockList (full may be None); `score`/`mask` are
+    mods.ModLaunch. With num_splits > 1 (split-KV) the outputs are the fp32 partial
+    buffers of split_kv.py and `block_m` fixes the q tile; otherwise the tile is
+    autotuned on a GPU. `dense`: Note [dense walk] in tiles.py (the caller has checked
+    that there is no mask_mod)."""
+    full_list = full if full is not None else empty_list(device)
+    static_args = (
+        *strides, *part.args(), *full_list.args(),
         prob.seq_q, prob.seq_k, prob.batch, prob.heads, prob.group, scale, scale * 1.4426950408889634, num_splits,
         score.args, mask.args,
     )
@@ -198,18 +201,18 @@ def launch_forward(q, k, v, prob, scale: float, part, full, score, mask, return_
         SCORE_FN=score.fn, MASK_FN=mask.fn, HAS_FULL=full is not None, **prob.constexprs(),
         WRITE_MAX=return_max, IS_SPLIT=num_splits > 1, DENSE=dense,
     )
-    if block_m is not None or interpreting():
-        if interpreting():
-            tile = configs.interpreter_tile(prob.block_q, prob.block_kv)
-            bm = block_m or tile.m
-            bn, warps, stages = tile.n, tile.warps, tile.stages
-        else:
-            bm = block_m
-            bn = next(n for n in configs.DECODE_TILE_N if prob.block_kv % n == 0)
-            warps, stages = 4, 3
-        grid = (triton.cdiv(prob.seq_q, bm), prob.batch * prob.heads, num_splits)
-        attention_fwd_kernel[grid](*args, 0, **consts, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
-        return
-    configs.launch(attention_fwd_kernel, configs.forward_tiles(max(prob.head_dim, prob.head_dim_v), q.element_size()),
-                   lambda meta: (triton.cdiv(prob.seq_q, meta["BLOCK_M"]), prob.batch * prob.heads, 1),
-                   args, consts, prob.tune_key(consts), prob.block_q, prob.block_kv)
+
+    def grid(meta):
+        return (triton.cdiv(prob.seq_q, meta["BLOCK_M"]), prob.batch * prob.heads, num_splits)
+
+    if interpreting():
+        tile = configs.interpreter_tile(prob.block_q, prob.block_kv)
+        config = Tile(block_m or tile.m, tile.n, tile.warps, tile.stages).config()
+    elif block_m is not None:
+        bn = next(n for n in configs.DECODE_TILE_N if prob.block_kv % n == 0)
+        config = Tile(block_m, bn, 4, 3).config()
+    else:
+        return Launch(attention_fwd_kernel, static_args, consts, grid,
+                      tiles=configs.forward_tiles(max(prob.head_dim, prob.head_dim_v), prob.dtype.itemsize),
+                      tune_key=prob.tune_key(consts), block_q=prob.block_q, block_kv=prob.block_kv)
+    return Launch(attention_fwd_kernel, static_args, consts, grid, config=config)

@@ -70,17 +70,24 @@ def _dependence(graph: Graph) -> list[int]:
 class GradLaunch:
     """The score_mod gradient as kernel arguments.
 
-    `workspace` is one fp32 tensor holding every float buffer's gradient, each over
-    its storage span (so a flat offset from the IR indexes it); `bases[i]` is where
-    pair i's buffer starts in it and `modes` packs Note [buffer-gradient reduction]."""
+    Every float buffer's gradient lives in one fp32 workspace of `workspace_size`
+    elements (`new_workspace`, zeroed per backward), each over its storage span (so a
+    flat offset from the IR indexes it); `bases[i]` is where pair i's buffer starts in
+    it and `modes` packs Note [buffer-gradient reduction]."""
 
     fn: Any
     args: tuple
     num_pairs: int
     modes: int
     bases: tuple
-    workspace: torch.Tensor
+    workspace_size: int
     slices: tuple  # per score_mod buffer: (start, span) in the workspace, or None
+
+    def new_workspace(self, device: torch.device) -> Optional[torch.Tensor]:
+        """A zeroed workspace, or None when no gradient is scattered."""
+        if not self.workspace_size:
+            return None
+        return torch.zeros(self.workspace_size, dtype=torch.float32, device=device)
 
 
 def _span(t: torch.Tensor) -> int:
@@ -98,10 +105,7 @@ def _grad_plan(graph: Graph) -> tuple:
         tuple(deps[g.graph.outputs[1 + 2 * i]] for i in range(len(g.targets)))
 
 
-_DUMMY_WORKSPACE: dict = {}
-
-
-def grad_launch(mod, device: torch.device, wanted: Optional[Sequence[bool]] = None) -> Optional[GradLaunch]:
+def grad_launch(mod, wanted: Optional[Sequence[bool]] = None) -> Optional[GradLaunch]:
     """`wanted[i]` False skips buffer i's gradient (None: every float buffer)."""
     if mod is None:
         return None
@@ -120,18 +124,12 @@ def grad_launch(mod, device: torch.device, wanted: Optional[Sequence[bool]] = No
             start += _span(buf)
         else:
             slices.append(None)
-    if start:
-        workspace = torch.zeros(start, dtype=torch.float32, device=device)
-    else:  # nothing is scattered: a shared placeholder saves a memset launch per call
-        if device not in _DUMMY_WORKSPACE:
-            _DUMMY_WORKSPACE[device] = torch.zeros(1, dtype=torch.float32, device=device)
-        workspace = _DUMMY_WORKSPACE[device]
     bases = tuple(slices[t][0] if slices[t] is not None else 0 for t in targets) or (0,)
-    return GradLaunch(fn, mod_arguments(graph, mod.buffers, mod.scalars), len(targets), modes, bases, workspace,
+    return GradLaunch(fn, mod_arguments(graph, mod.buffers, mod.scalars), len(targets), modes, bases, start,
                       tuple(slices))
 
 
-def buffer_grads(mod, grad: Optional[GradLaunch]) -> list:
+def buffer_grads(mod, grad: Optional[GradLaunch], workspace: Optional[torch.Tensor]) -> list:
     """Per score_mod buffer: its gradient (shape, strides and dtype of the buffer) or None."""
     if mod is None:
         return []
@@ -141,7 +139,7 @@ def buffer_grads(mod, grad: Optional[GradLaunch]) -> list:
             out.append(None)
             continue
         start, span = sl
-        flat = grad.workspace[start:start + span]
+        flat = workspace[start:start + span]
         out.append(torch.as_strided(flat, buf.shape, buf.stride()).to(buf.dtype).clone())
     return out
 

@@ -84,10 +84,11 @@ def num_sms(device: torch.device) -> int:
     return 4
 
 
+@functools.lru_cache(maxsize=None)
 def poison_outputs() -> bool:
     """Fill outputs with NaN before the kernels write them, so an unwritten element
     shows up in tests: on with FLEX_FA4_TRITON_POISON=1 and in the interpreter; off
-    otherwise (a fill costs a pass over memory)."""
+    otherwise (a fill costs a pass over memory). Read at the first allocation."""
     flag = os.environ.get("FLEX_FA4_TRITON_POISON")
     return interpreting() if flag is None else flag not in ("", "0")
 

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from .configs import DECODE_MAX_Q
-from .forward import launch_forward
+from .forward import forward_launch
+from .launch import Launch
 from .problem import interpreting, num_sms
 from .tiles import LN2
 
@@ -72,28 +73,38 @@ def combine_kernel(Part, PartLse, PartMax, Out, Lse, MaxScores, rows, num_splits
 
 # --------------------------------------------------------------------------- host side
 
-def launch_decode(q, k, v, prob, scale: float, part, full, score, mask, return_max: bool, out, lse, max_scores,
-                  dense: bool = False):
-    """Forward for seq_q <= DECODE_MAX_Q: a q tile sized to the queries and, when the
-    (b, h, q-tile) programs alone leave SMs idle, split-KV with a combine pass."""
-    block_m = choose_q_tile(prob.seq_q, prob.block_q)
-    tile_n = 16 if interpreting() else 64
-    programs = prob.batch * prob.heads * triton.cdiv(prob.seq_q, block_m)
-    splits = choose_splits(programs, triton.cdiv(prob.seq_k, tile_n), num_sms(q.device))
-    if splits == 1:
-        launch_forward(q, k, v, prob, scale, part, full, score, mask, return_max,
-                       block_m=block_m, out=out, lse=lse, max_scores=max_scores, dense=dense)
-        return
-    rows = prob.batch * prob.heads * prob.seq_q
-    part_out = torch.empty(splits, rows, prob.head_dim_v, dtype=torch.float32, device=q.device)
-    part_lse = torch.empty(splits, rows, dtype=torch.float32, device=q.device)
-    part_max = torch.empty(splits, rows, dtype=torch.float32, device=q.device)
-    launch_forward(q, k, v, prob, scale, part, full, score, mask, True, num_splits=splits,
-                   block_m=block_m, out=part_out, lse=part_lse, max_scores=part_max, dense=dense)
-    block_r = 16
-    dv_pad = max(16, triton.next_power_of_2(prob.head_dim_v))
-    combine_kernel[(triton.cdiv(rows, block_r),)](
-        part_out, part_lse, part_max, out, lse, max_scores if max_scores is not None else lse, rows, splits,
-        DV=prob.head_dim_v, DV_PAD=dv_pad, WRITE_MAX=return_max, BLOCK_R=block_r,
-        num_warps=1 if interpreting() else 4,
-    )
+class DecodeForward:
+    """The forward for seq_q <= DECODE_MAX_Q, called as (q, k, v, out, lse, max_scores):
+    a q tile sized to the queries and, when the (b, h, q-tile) programs alone leave SMs
+    idle, split-KV with a combine pass."""
+
+    def __init__(self, prob, strides: tuple, scale: float, part, full, score, mask, return_max: bool,
+                 device: torch.device, dense: bool = False):
+        block_m = choose_q_tile(prob.seq_q, prob.block_q)
+        tile_n = 16 if interpreting() else 64
+        programs = prob.batch * prob.heads * triton.cdiv(prob.seq_q, block_m)
+        self.splits = choose_splits(programs, triton.cdiv(prob.seq_k, tile_n), num_sms(device))
+        self.combine = None
+        if self.splits == 1:
+            self.attend = forward_launch(prob, strides, scale, part, full, score, mask, return_max, device,
+                                         block_m=block_m, dense=dense)
+            return
+        self.attend = forward_launch(prob, strides, scale, part, full, score, mask, True, device,
+                                     num_splits=self.splits, block_m=block_m, dense=dense)
+        self.rows, self.head_dim_v = prob.batch * prob.heads * prob.seq_q, prob.head_dim_v
+        block_r = 16
+        consts = dict(DV=prob.head_dim_v, DV_PAD=max(16, triton.next_power_of_2(prob.head_dim_v)),
+                      WRITE_MAX=return_max, BLOCK_R=block_r)
+        self.combine = Launch(combine_kernel, (self.rows, self.splits), consts,
+                              lambda meta: (triton.cdiv(self.rows, block_r),),
+                              config=triton.Config({}, num_warps=1 if interpreting() else 4))
+
+    def __call__(self, q, k, v, out, lse, max_scores) -> None:
+        if self.combine is None:
+            self.attend(q, k, v, out, lse, max_scores)
+            return
+        part_out = torch.empty(self.splits, self.rows, self.head_dim_v, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(self.splits, self.rows, dtype=torch.float32, device=q.device)
+        part_max = torch.empty(self.splits, self.rows, dtype=torch.float32, device=q.device)
+        self.attend(q, k, v, part_out, part_lse, part_max)
+        self.combine(part_out, part_lse, part_max, out, lse, max_scores)

@@ -15,6 +15,7 @@ import torch
 
 from mod_codegen import TracedMod, trace_cached
 
+from . import call_cache
 from .autograd import kernel_attention
 from .backends import AttentionCall, check_backend_name, decide, select_backend
 from .block_mask import BlockMask, create_block_mask, noop_mask
@@ -69,7 +70,9 @@ def _traced_mask(block_mask: BlockMask, device: torch.device) -> Optional[Traced
 
 
 def _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, need_lse, need_max,
-                kernel_options) -> AttentionCall:
+                kernel_options, traced_score: Optional[TracedMod] = None) -> AttentionCall:
+    """Validate the call and pack it; `traced_score` is score_mod's trace when the
+    caller already has it."""
     check_qkv(query, key, value, enable_gqa)
     check_scale(scale)
     if score_mod is not None and not callable(score_mod):
@@ -88,7 +91,8 @@ def _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, nee
     else:
         block_mask = as_block_mask(block_mask)
         check_block_mask(block_mask, query, key)
-    traced_score = trace_cached(score_mod, "score_mod") if score_mod is not None else None
+    if traced_score is None and score_mod is not None:
+        traced_score = trace_cached(score_mod, "score_mod")
     if traced_score is not None:
         _check_captured(traced_score, query.device)
     return AttentionCall(
@@ -98,6 +102,35 @@ def _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, nee
         block_sparse=block_mask.as_tensors(), dense=dense, need_lse=need_lse, need_max_scores=need_max,
         kernel_options=kernel_options,
     )
+
+
+def _prepared_call(query, key, value, score_mod, block_mask, scale, enable_gqa, need_lse, need_max,
+                   kernel_options, requested: str):
+    """(AttentionCall, chosen backend): from the call cache when this call repeats
+    an earlier one (Note [call cache] in call_cache.py), else validated and chosen."""
+    traced_score = trace_cached(score_mod, "score_mod") if callable(score_mod) else None
+    cache_key = owner = None  # owner: the BlockMask that holds the cache entry
+    if score_mod is None or traced_score is not None:
+        cache_key = call_cache.call_key(requested, query, key, value, traced_score, scale, enable_gqa,
+                                        need_lse, need_max, kernel_options)
+    if cache_key is not None:
+        if block_mask is None:
+            owner = _default_block_mask(query.shape[2], key.shape[2], query.device)
+        elif isinstance(block_mask, BlockMask):
+            owner = block_mask
+        else:  # torch's BlockMask, converted (and remembered on it) by an earlier call
+            owner = getattr(block_mask, "_flex_fa4_block_mask", None)
+        hit = call_cache.lookup(owner, cache_key, traced_score, query, key, value) if owner is not None else None
+        if hit is not None:
+            return hit
+    call = _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, need_lse, need_max,
+                       kernel_options, traced_score)
+    chosen = select_backend(call, requested)
+    if cache_key is not None:
+        if owner is None:  # a torch BlockMask on its first call: _build_call has converted it
+            owner = as_block_mask(block_mask)
+        call = call_cache.store(owner, cache_key, call, chosen)
+    return call, chosen
 
 
 def _requested_backend(backend: str, kernel_options: Optional[dict]) -> str:
@@ -136,8 +169,8 @@ def flex_attention(
     want_lse = return_lse or bool(return_aux and return_aux.lse)
     want_max = bool(return_aux and return_aux.max_scores)
     requested = _requested_backend(backend, kernel_options)
-    call = _build_call(query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse, want_max, kernel_options)
-    chosen = select_backend(call, requested)
+    call, chosen = _prepared_call(query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse, want_max,
+                                  kernel_options, requested)
     if chosen.uses_autograd:
         out, lse, max_scores = chosen.forward(call)
     else:

@@ -7,7 +7,8 @@ the forward and, for kernel backends, the backward.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -29,6 +30,15 @@ class AttentionCall:
     need_lse: bool = False
     need_max_scores: bool = False
     kernel_options: Optional[dict[str, Any]] = None
+    # a backend's per-call preparation (e.g. the Triton AttentionPlan), shared by the
+    # copies `rebind` makes for repeated calls (Note [call cache] in call_cache.py)
+    prepared: dict[str, Any] = field(default_factory=dict)
+
+    def rebind(self, q, k, v) -> "AttentionCall":
+        """This call with other q, k, v of the same layout (shares `prepared`)."""
+        call = copy.copy(self)
+        call.q, call.k, call.v = q, k, v
+        return call
 
     @property
     def needs_grad(self) -> bool:

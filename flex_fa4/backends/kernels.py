@@ -57,31 +57,35 @@ class TritonBackend(Backend):
                                           block_kv=bs.block_size_kv, scale=call.scale)
         return None if ok else reason
 
-    def forward(self, call: AttentionCall):
-        import fallback_triton
+    @staticmethod
+    def plan(call: AttentionCall):
+        """The call's fallback_triton.AttentionPlan, built on first use and kept in
+        `call.prepared` (shared by repeats of the call: Note [call cache])."""
+        plan = call.prepared.get("triton")
+        if plan is None:
+            import fallback_triton
 
-        return fallback_triton.attention_forward(
-            call.q, call.k, call.v, scale=call.scale, block_sparse=call.block_sparse,
-            score_mod=call.score_mod, mask_mod=call.mask_mod, return_max_scores=call.need_max_scores,
-            dense=call.dense and call.mask_mod is None,  # no block_mask: skip the block lists
-        )
+            plan = fallback_triton.AttentionPlan(
+                call.q, call.k, call.v, scale=call.scale, block_sparse=call.block_sparse,
+                score_mod=call.score_mod, mask_mod=call.mask_mod, return_max_scores=call.need_max_scores,
+                dense=call.dense and call.mask_mod is None,  # no block_mask: skip the block lists
+            )
+            call.prepared["triton"] = plan
+        return plan
+
+    def forward(self, call: AttentionCall):
+        return self.plan(call).forward(call.q, call.k, call.v)
 
     def backward(self, call: AttentionCall, out, lse, dout):
-        import fallback_triton
-
         if call.option("deterministic", False) and call.score_mod and any(b.requires_grad for b in call.score_mod.buffers):
             from . import _log_once
 
             _log_once(logging.WARNING, "deterministic=True covers dQ/dK/dV; gradients of captured tensors "
                                        "are fp32 atomic sums whose last bits may vary between runs")
-        return fallback_triton.attention_backward(
-            call.q, call.k, call.v, out, lse, dout, scale=call.scale, block_sparse=call.block_sparse,
-            score_mod=call.score_mod, mask_mod=call.mask_mod,
-            deterministic=bool(call.option("deterministic", False)),
-            # gradients of captured tensors cost ~8% more backward time: only for those that need them
-            buffer_requires_grad=[b.requires_grad for b in call.score_mod.buffers] if call.score_mod else None,
-            dense=call.dense and call.mask_mod is None,
-        )
+        # dQ/dK/dV are deterministic whatever the option says (fallback_triton/backward.py);
+        # gradients of captured tensors cost ~8% more backward time: only for those that need them
+        wanted = [b.requires_grad for b in call.score_mod.buffers] if call.score_mod else None
+        return self.plan(call).backward(call.q, call.k, call.v, out, lse, dout, buffer_requires_grad=wanted)
 
 
 class FA4Backend(Backend):
