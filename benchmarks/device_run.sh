@@ -14,8 +14,8 @@ tests)
   # autotuning off: correctness does not need the fastest tile, and it saves minutes
   FLEX_FA4_TRITON_AUTOTUNE=0 timeout 480 python3 -m pytest -q -p no:cacheprovider \
     tests/test_gpu_end_to_end.py tests/test_cute_mod_codegen.py tests/test_triton_backend.py \
-    tests/test_cute_fwd_gpu.py tests/test_cute_disk_cache.py \
-    tests/test_triton_kernels.py -k "gpu or forward_backward or auto or triton_backend or disk" \
+    tests/test_cute_fwd_gpu.py tests/test_cute_disk_cache.py tests/test_call_cache.py \
+    tests/test_triton_kernels.py -k "gpu or forward_backward or auto or triton_backend or disk or call_cache" \
     2>&1 | tee "$OUT/gpu_tests.log"
   rc=${PIPESTATUS[0]}
   python3 - <<'PY' 2>&1 | tee "$OUT/mask_build.log"

@@ -30,8 +30,16 @@ class FwdConfig:
     pingpong: bool = True
     # Masked launches walk q-tiles last-to-first (Note [LPT order] in hopper_fwd.py).
     lpt: bool = True
-    # One CTA per SM walking tiles (Note [tile loop]); off until measured faster.
+    # One CTA per SM walking tiles (Note [tile loop]) ...
     persistent: bool = False
+    # ... taking their next tile from a global counter instead of a fixed stride (Note
+    # [dynamic tile scheduler] in hopper_fwd.py); needs persistent. choose_config turns
+    # both on for head dims 128 and 256.
+    dynamic: bool = False
+
+    def __post_init__(self):
+        if self.dynamic and not self.persistent:
+            raise ValueError("FwdConfig.dynamic needs persistent=True")
 
     @property
     def num_consumer_wgs(self) -> int:
@@ -50,12 +58,22 @@ def choose_config(head_dim: int, head_dim_v: int) -> FwdConfig:
     supported through FwdConfig but not chosen: at 160 registers our consumer spills with
     tile_n 128 (ptxas: ~600 bytes; 180 vs 465 TFLOP/s, noop d64 S=8192 on the H200) and
     with tile_n 64 it only ties two warpgroups (461 vs 468), which also serve 128-row masks.
+    Persistent CTAs with the dynamic tile scheduler at head dims 128 and 256, where they
+    measured faster or equal. H200, same process, bf16 B=4 H=16, against one CTA per tile
+    (TFLOP/s, S=8192 / 2048), d128: sliding window 461 -> 497 / 375 -> 407, document
+    360 -> 395 / 119 -> 133, causal 652 -> 642 / 429 -> 461, ALiBi 567 -> 566 / 409 -> 433,
+    softcap 504 -> 501 / 374 -> 394, noop 656 -> 660 / 574 -> 582; d256 S=2048 noop
+    698 -> 704, causal 540 -> 543. Static round-robin persistence lost causal (601 / 404)
+    and d256 causal (412). At d64, d96 and d192 (S=8192) the dynamic schedule lost: noop
+    477 -> 462, 562 -> 528, 616 -> 600; causal 400 -> 397, 557 -> 502, 615 -> 550; those
+    keep one CTA per tile.
     tile_n = 128 where two K/V stages fit in shared memory, else 64; tile_n must divide
     the BlockMask's KV block (128 by default), which rules out the 112 / 80 tiles FA4 uses
     at hdim 192 / 256; 64 keeps every 128-multiple mask servable.
     """
     hd = max(head_dim, head_dim_v)
     pingpong = hd <= 128
+    persistent = head_dim == head_dim_v and hd in (128, 256)
     tile_n = 128
     if hd > 128:
         # hdim > 128 with tile_n 128 spills registers (acc_O + acc_S > 200 regs).
@@ -64,7 +82,9 @@ def choose_config(head_dim: int, head_dim_v: int) -> FwdConfig:
     # 707 vs 667 in one run, 643 vs 646 in another (noise ~3%); causal equal. Kept for
     # the extra latency slack; revisit with a profiler.
     for stages in (3, 2):
-        cfg = FwdConfig(head_dim, head_dim_v, tile_n=tile_n, num_stages=stages, pingpong=pingpong)
+        cfg = FwdConfig(head_dim, head_dim_v, tile_n=tile_n, num_stages=stages, pingpong=pingpong,
+                        persistent=persistent, dynamic=persistent)
         if cfg.smem_bytes() <= SMEM_BYTES_SM90:
             return cfg
-    return FwdConfig(head_dim, head_dim_v, tile_n=64, num_stages=2, pingpong=pingpong)
+    return FwdConfig(head_dim, head_dim_v, tile_n=64, num_stages=2, pingpong=pingpong,
+                     persistent=persistent, dynamic=persistent)

@@ -15,9 +15,10 @@ Structure (FA3/FA4 style):
   (Note [pingpong], hdim <= 128).
 - masked launches walk q-tiles last-to-first (Note [LPT order]).
 - epilogue: O -> 16-bit -> smem (aliasing sQ) -> one TMA store; LSE from registers.
-- one CTA per q-tile by default; FwdConfig.persistent walks tiles with one CTA per SM
-  (Note [tile loop]; faster at hdim 256 / short sequences, off by default because ptxas
-  serializes the wgmmas at hdim 128 in that variant, see NOTES.md).
+- persistent at head dims 128 / 256 (config.choose_config): one CTA per SM walks tiles
+  (Note [tile loop]), taking each next tile from a global counter (Note [dynamic tile
+  scheduler]); other head dims run one CTA per tile; FwdConfig can ask for any of the
+  three schedules, static round-robin persistence included.
 
 Constraints: fp16/bf16, head dims in config.SUPPORTED_HEAD_DIM_PAIRS, last dim of q/k/v/o
 contiguous and other strides 16-byte aligned (TMA).
@@ -112,6 +113,7 @@ class HopperFlexFwd:
         sparse,  # (cnt, idx, full_cnt | None, full_idx | None) or None
         num_sms: Int32,  # persistent grid size
         l2_heads: Int32,  # (batch, head) pairs whose K/V fit in L2 (Note [LPT order])
+        tile_counter: Optional[cute.Tensor],  # (1,) int32 zeros, FwdConfig.dynamic only
         aux_tensors,  # tuple: score_mod buffers then mask_mod buffers
         aux_scalars,  # tuple: score_mod scalars then mask_mod scalars
         stream: cuda.CUstream,
@@ -157,6 +159,8 @@ class HopperFlexFwd:
             mbar_q: cute.struct.MemRange[cutlass.Int64, 2]
             mbar_k: cute.struct.MemRange[cutlass.Int64, stages * 2]
             mbar_v: cute.struct.MemRange[cutlass.Int64, stages * 2]
+            mbar_tile: cute.struct.MemRange[cutlass.Int64, 2 * 2]  # Note [dynamic tile scheduler]
+            tile_ids: cute.struct.MemRange[Int32, 2]
             sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, q_elems], 1024]
             sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
             sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
@@ -180,7 +184,7 @@ class HopperFlexFwd:
             tma_Q, tma_K, tma_V, tma_O, mLSE, mMax,
             tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O,
             scale_log2, softmax_scale, qhead_per_kvhead, cute.size(mK.shape[0]), l2_heads,
-            sparse, aux_tensors, aux_scalars,
+            tile_counter, sparse, aux_tensors, aux_scalars,
             sQ_layout, sK_layout, sV_layout, sO_layout, tiled_mma_qk, tiled_mma_pv,
         ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)
 
@@ -193,7 +197,7 @@ class HopperFlexFwd:
         tma_atom_Q: cute.CopyAtom, tma_atom_K: cute.CopyAtom,
         tma_atom_V: cute.CopyAtom, tma_atom_O: cute.CopyAtom,
         scale_log2: Float32, softmax_scale: Float32, qhead_per_kvhead: Int32, seqlen_k: Int32,
-        l2_heads: Int32, sparse, aux_tensors, aux_scalars,
+        l2_heads: Int32, tile_counter: Optional[cute.Tensor], sparse, aux_tensors, aux_scalars,
         sQ_layout: cute.ComposedLayout, sK_layout: cute.ComposedLayout,
         sV_layout: cute.ComposedLayout, sO_layout: cute.ComposedLayout,
         tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.TiledMma,
@@ -217,6 +221,15 @@ class HopperFlexFwd:
         pipe_v = pipeline.PipelineTmaAsync.create(
             num_stages=self.num_stages, producer_group=producer, consumer_group=consumers,
             tx_count=self.tx_v, barrier_storage=storage.mbar_v.data_ptr(), defer_sync=True)
+        sched = None
+        if const_expr(self.cfg.dynamic):
+            # Note [dynamic tile scheduler]: the producer warp hands each tile id to the
+            # consumers through a 2-deep ring in shared memory.
+            pipe_tile = pipeline.PipelineAsync.create(
+                num_stages=2, producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 32),
+                consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_threads),
+                barrier_storage=storage.mbar_tile.data_ptr(), defer_sync=True)
+            sched = (pipe_tile, storage.tile_ids.get_tensor(cute.make_layout(2)), tile_counter)
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 
@@ -227,19 +240,26 @@ class HopperFlexFwd:
 
         # Note [tile loop]: every CTA walks linear tile ids bid, bid + grid, ...; a
         # non-persistent launch has one CTA per tile, so the loop runs once.
+        # Note [dynamic tile scheduler]: with FwdConfig.dynamic a persistent CTA starts at
+        # its block id and then takes tile grid + atomicAdd(counter, 1), so a CTA that drew
+        # light tiles (causal: early q-tiles) takes more of them, and the LPT order of the
+        # ids (heaviest first) is kept across CTAs. The producer warp fetches the next id
+        # while its K/V loads are in flight and passes it to the consumer warpgroups through
+        # a 2-slot ring (PipelineAsync; the mbarrier arrive/wait orders the slot's write and
+        # read). The host zeroes a fresh counter per launch.
         ids = (cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m), cute.size(mQ.shape[2]),
                cute.size(mQ.shape[3]), l2_heads)  # (q tiles, q heads, batch, Note [LPT order])
         if warp_idx < 4:
             cute.arch.setmaxregister_decrease(self.cfg.producer_regs)
             if warp_idx == 0:
                 self.load(mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
-                          pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse)
+                          pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, sched)
         else:
             cute.arch.setmaxregister_increase(self.cfg.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - 128
             self.consume(mO, mLSE, mMax, sQ, sK, sV, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
                          pipe_q, pipe_k, pipe_v, tidx, warp_idx, scale_log2, softmax_scale,
-                         seqlen_k, ids, sparse, aux_tensors, aux_scalars)
+                         seqlen_k, ids, sparse, aux_tensors, aux_scalars, sched)
 
     @cute.jit
     def decode_tile(self, tile: Int32, ids):
@@ -296,7 +316,7 @@ class HopperFlexFwd:
 
     @cute.jit
     def load(self, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
-             pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse):
+             pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, sched):
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         args = (mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V, pipe_q, pipe_k,
@@ -304,11 +324,43 @@ class HopperFlexFwd:
         tile = cute.arch.block_idx()[0]
         if const_expr(not self.cfg.persistent):
             self.load_tile(tile, q_state, state, *args)
-        else:
+        elif const_expr(not self.cfg.dynamic):
             num_m, n_h, n_b, _ = ids
             while tile < num_m * n_h * n_b:
                 q_state, state = self.load_tile(tile, q_state, state, *args)
                 tile += cute.arch.grid_dim()[0]
+        else:
+            num_m, n_h, n_b, _ = ids
+            pipe_tile, s_tile, counter = sched
+            t_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 2)
+            t_state = self.publish_tile(tile, t_state, pipe_tile, s_tile)
+            while tile < num_m * n_h * n_b:
+                q_state, state = self.load_tile(tile, q_state, state, *args)
+                # the next tile id, fetched while this tile's K/V loads are in flight
+                taken = Int32(0)
+                if cute.arch.lane_idx() == 0:
+                    taken = cute.arch.atomic_add(counter.iterator, Int32(1))
+                tile = cute.arch.shuffle_sync(taken, 0) + cute.arch.grid_dim()[0]
+                t_state = self.publish_tile(tile, t_state, pipe_tile, s_tile)
+
+    @cute.jit
+    def publish_tile(self, tile, t_state, pipe_tile, s_tile):
+        """Producer side of Note [dynamic tile scheduler]: one slot of the ring."""
+        pipe_tile.producer_acquire(t_state)
+        if cute.arch.lane_idx() == 0:
+            s_tile[t_state.index] = tile
+        pipe_tile.producer_commit(t_state)
+        t_state.advance()
+        return t_state
+
+    @cute.jit
+    def receive_tile(self, t_state, pipe_tile, s_tile):
+        """Consumer side of Note [dynamic tile scheduler]."""
+        pipe_tile.consumer_wait(t_state)
+        tile = s_tile[t_state.index]
+        pipe_tile.consumer_release(t_state)
+        t_state.advance()
+        return tile, t_state
 
     @cute.jit
     def load_tile(self, tile, q_state, state, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K,
@@ -363,7 +415,7 @@ class HopperFlexFwd:
     @cute.jit
     def consume(self, mO, mLSE, mMax, sQ, sK, sV, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
                 pipe_q, pipe_k, pipe_v, tidx, warp_idx, scale_log2, softmax_scale, seqlen_k,
-                ids, sparse, aux_tensors, aux_scalars):
+                ids, sparse, aux_tensors, aux_scalars, sched):
         wg = cute.arch.make_warp_uniform(tidx // 128)
         thr_mma_qk = tiled_mma_qk.get_slice(tidx)
         wg_mma_qk = tiled_mma_qk.get_slice(wg * 128)
@@ -395,11 +447,19 @@ class HopperFlexFwd:
             # values live and made ptxas serialize the wgmmas at hdim 128 (C7512;
             # 635 -> 470 TFLOP/s noop), so the persistent loop is a separate variant.
             self.consume_tile(tile, q_state, state, frags, *args)
-        else:
+        elif const_expr(not self.cfg.dynamic):
             num_m, n_h, n_b, _ = ids
             while tile < num_m * n_h * n_b:
                 q_state, state = self.consume_tile(tile, q_state, state, frags, *args)
                 tile += cute.arch.grid_dim()[0]
+        else:
+            num_m, n_h, n_b, _ = ids
+            pipe_tile, s_tile, _ = sched
+            t_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 2)
+            tile, t_state = self.receive_tile(t_state, pipe_tile, s_tile)
+            while tile < num_m * n_h * n_b:
+                q_state, state = self.consume_tile(tile, q_state, state, frags, *args)
+                tile, t_state = self.receive_tile(t_state, pipe_tile, s_tile)
 
     @cute.jit
     def consume_tile(self, tile, q_state, state, frags, mO, mLSE, mMax, sO, tma_atom_O,

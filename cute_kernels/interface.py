@@ -166,8 +166,9 @@ def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, rat
     aux_s = tuple(_scalar_fake(t) for m in mods for t in m.scalar_types)
     stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
     # Empty tuples are not jit arguments: an absent group travels as None.
+    counter = _fake(cutlass.Int32, 1, align=4, tma=False) if cfg.dynamic else None
     return cute.compile(kernel, q, k, v, o, lse, mx, cutlass.Float32(1.0), sparse,
-                        cutlass.Int32(132), cutlass.Int32(1),
+                        cutlass.Int32(132), cutlass.Int32(1), counter,
                         aux_t or None, aux_s or None, stream,
                         options=("--enable-tvm-ffi " + options).strip())
 
@@ -290,7 +291,9 @@ def flash_attn_fwd(q, k, v, *, scale: Optional[float] = None, block_sparse=None,
                                 for t in block_sparse[:4])
         sparse = (cnt, idx, fcnt if has_full else None, fidx if has_full else None)
     aux_t, aux_s = _runtime_aux(score_mod, mask_mod)
-    fn(q, k, v, out, lse, mx, float(scale), sparse, _num_sms(q.device), _l2_heads(k, v),
+    # a fresh counter per launch: launches on other streams never share one
+    counter = torch.zeros(1, dtype=torch.int32, device=q.device) if cfg.dynamic else None
+    fn(q, k, v, out, lse, mx, float(scale), sparse, _num_sms(q.device), _l2_heads(k, v), counter,
        aux_t or None, aux_s or None)
     return out, (lse if return_lse else None), mx
 

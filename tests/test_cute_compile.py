@@ -149,10 +149,14 @@ def _ptxas():
         "/usr/local/cuda/bin/ptxas" if os.path.exists("/usr/local/cuda/bin/ptxas") else None)
 
 
+STATIC = {"persistent": True, "dynamic": False}  # round-robin persistent CTAs
+ONE_CTA = {"persistent": False, "dynamic": False}  # one CTA per tile
+
+
 @pytest.mark.skipif(_ptxas() is None, reason="needs ptxas")
-@pytest.mark.parametrize("d,override", [(64, {}), (128, {}), (256, {}), (128, {"persistent": True}),
-                                        (256, {"persistent": True})],
-                         ids=["d64", "d128", "d256", "d128-persistent", "d256-persistent"])
+@pytest.mark.parametrize("d,override", [(64, {}), (128, {}), (256, {}), (128, STATIC), (256, STATIC),
+                                        (128, ONE_CTA)],
+                         ids=["d64", "d128", "d256", "d128-static", "d256-static", "d128-one-cta"])
 def test_no_wgmma_serialization(d, override, tmp_path):
     """ptxas must not serialize the wgmmas for lack of registers (warning C7512): that
     cost 25% at hdim 128 once (see Note [single tile] in hopper_fwd.py)."""

@@ -188,8 +188,9 @@ def test_fwd_matches_float64_reference(case):
     assert r["ok"], f"seed={r['seed']}: {r}"
 
 
-# The persistent variant (one CTA per SM walking tiles) on the cases that stress it:
-# several tiles per CTA, empty tiles, tails, GQA, tile_n 64.
+# The default at hdim 128 / 256 is persistent CTAs with the dynamic tile scheduler; the other two
+# schedules (static round-robin persistent, one CTA per tile) on the cases that stress
+# them: several tiles per CTA, empty tiles, tails, GQA, tile_n 64.
 PERSISTENT_CASES = [c for c in CASES if c[0] in (
     "noop d128", "noop d256", "noop fp16 d128", "gqa 8/2 d128", "causal sparse d128",
     "causal sparse d256 (tile 64)", "window sparse gqa d128", "empty rows sparse d128",
@@ -198,8 +199,15 @@ PERSISTENT_CASES = [c for c in CASES if c[0] in (
 
 @gpu
 @pytest.mark.parametrize("case", PERSISTENT_CASES, ids=[c[0] for c in PERSISTENT_CASES])
-def test_persistent_matches_float64_reference(case):
-    r = run_case(case, persistent=True)
+def test_static_persistent_matches_float64_reference(case):
+    r = run_case(case, persistent=True, dynamic=False)
+    assert r["ok"], f"seed={r['seed']}: {r}"
+
+
+@gpu
+@pytest.mark.parametrize("case", PERSISTENT_CASES, ids=[c[0] for c in PERSISTENT_CASES])
+def test_one_cta_per_tile_matches_float64_reference(case):
+    r = run_case(case, persistent=False, dynamic=False)
     assert r["ok"], f"seed={r['seed']}: {r}"
 
 
@@ -345,11 +353,11 @@ BENCHES = [
     ("noop d128 S=2048", dict(D=128, S=2048)),
     ("noop d128 S=2048 via all-full BlockMask", dict(D=128, S=2048, variant="noop_blockmask")),
     ("causal d128 S=2048", dict(D=128, S=2048, variant="causal")),
-    ("causal d256 persistent", dict(D=256, variant="causal", persistent=True)),
+    ("causal d256 persistent", dict(D=256, variant="causal", persistent=True, dynamic=False)),
     ("noop d256 S=2048", dict(D=256, S=2048)),
-    ("noop d256 S=2048 persistent", dict(D=256, S=2048, persistent=True)),
+    ("noop d256 S=2048 persistent", dict(D=256, S=2048, persistent=True, dynamic=False)),
     ("causal d256 S=2048", dict(D=256, S=2048, variant="causal")),
-    ("causal d256 S=2048 persistent", dict(D=256, S=2048, variant="causal", persistent=True)),
+    ("causal d256 S=2048 persistent", dict(D=256, S=2048, variant="causal", persistent=True, dynamic=False)),
 ]
 
 
@@ -360,7 +368,7 @@ if __name__ == "__main__":
         CASES, TRACED_CASES, PERSISTENT_CASES = [], [], []
     for c in CASES + [("persistent " + c[0],) + c[1:] for c in PERSISTENT_CASES]:
         try:
-            r = run_case(c, persistent=c[0].startswith("persistent "))
+            r = run_case(c, **(dict(persistent=True, dynamic=False) if c[0].startswith("persistent ") else {}))
         except Exception as e:  # keep going: one table for all cases
             r = dict(name=c[0], ok=False, err=float("nan"), lse_err=float("nan"),
                      max_err=float("nan"), seed=-1, compile_s=0, error=repr(e)[:300])
