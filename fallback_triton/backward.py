@@ -38,7 +38,7 @@ import triton.language as tl
 from . import configs
 from .launch import Launch
 from .mods import empty_list
-from .problem import alloc, interpreting
+from .problem import alloc, contiguous_strides3, interpreting
 from .tiles import LOG2E, keep_mask, load_tile, scores_log2, tile_start
 
 
@@ -416,12 +416,6 @@ def backward_kernel(
 
 
 # --------------------------------------------------------------------------- host side
-
-def contiguous_strides3(shape) -> tuple[int, int, int]:
-    """(b, h, s) strides of a contiguous (B, H, S, D) tensor."""
-    _, h, n, d = shape
-    return (h * n * d, n * d, d)
-
 
 class BackwardLaunch:
     """The backward's two launches, called as (q, k, v, out, lse, dout, workspace) ->

@@ -66,6 +66,12 @@ def _stream(device: int):
     return _current_stream(device)
 
 
+def _specialization(tensors: tuple) -> tuple:
+    """What may differ between two runs of one Launch and changes Triton's choice of
+    compiled kernel: the current device and each tensor's 16-byte alignment."""
+    return torch.cuda.current_device(), tuple(t.data_ptr() % 16 == 0 for t in tensors)
+
+
 class Launch:
     """One kernel with fixed arguments after the first `len(tensors)` positions.
 
@@ -85,13 +91,13 @@ class Launch:
 
     def __call__(self, *tensors: torch.Tensor) -> None:
         if self._compiled and not _hooked():
-            device = torch.cuda.current_device()
-            hit = self._compiled.get((device, tuple(t.data_ptr() % 16 == 0 for t in tensors)))
+            key = _specialization(tensors)
+            hit = self._compiled.get(key)
             if hit is not None:
                 launcher, grid, function, packed_metadata, rest = hit
                 # the compiled kernel's own launcher, as JITFunction.run calls it, minus
                 # the launch metadata and hooks (none are registered)
-                launcher(grid[0], grid[1], grid[2], _stream(device), function, packed_metadata, None, None, None,
+                launcher(grid[0], grid[1], grid[2], _stream(key[0]), function, packed_metadata, None, None, None,
                          *tensors, *rest)
                 return
         self._launch_through_triton(tensors)
@@ -124,6 +130,5 @@ class Launch:
             return
         grid = tuple(self.grid(cfg.kwargs))
         launcher = compiled.run  # loads the module on first use
-        key = (torch.cuda.current_device(), tuple(t.data_ptr() % 16 == 0 for t in tensors))
-        self._compiled[key] = (launcher, grid + (1,) * (3 - len(grid)), compiled.function, compiled.packed_metadata,
-                               tuple(values[len(tensors):]))
+        self._compiled[_specialization(tensors)] = (launcher, grid + (1,) * (3 - len(grid)), compiled.function,
+                                                    compiled.packed_metadata, tuple(values[len(tensors):]))

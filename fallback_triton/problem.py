@@ -78,6 +78,12 @@ def strides3(t: torch.Tensor) -> tuple[int, int, int]:
     return (t.stride(0), t.stride(1), t.stride(2))
 
 
+def contiguous_strides3(shape) -> tuple[int, int, int]:
+    """(b, h, s) strides of a contiguous (B, H, S, D) tensor (what `alloc` returns)."""
+    _, h, n, d = shape
+    return (h * n * d, n * d, d)
+
+
 def num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
