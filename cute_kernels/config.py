@@ -36,6 +36,10 @@ class FwdConfig:
     # [dynamic tile scheduler] in hopper_fwd.py); needs persistent. choose_config turns
     # both on for head dims 128 and 256.
     dynamic: bool = False
+    # sO gets its own buffer instead of aliasing sQ, so a tile releases Q after its last
+    # QK^T and the next tile's Q loads during this tile's epilogue (Note [own sO] in
+    # hopper_fwd.py). Costs tile_m x head_dim_v x 2 bytes of shared memory.
+    separate_o: bool = False
 
     def __post_init__(self):
         if self.dynamic and not self.persistent:
@@ -46,7 +50,10 @@ class FwdConfig:
         return self.tile_m // 64
 
     def smem_bytes(self, elem_bytes: int = 2) -> int:
-        q = self.tile_m * max(self.head_dim, self.head_dim_v)  # sO aliases sQ
+        if self.separate_o:
+            q = self.tile_m * (self.head_dim + self.head_dim_v)
+        else:
+            q = self.tile_m * max(self.head_dim, self.head_dim_v)  # sO aliases sQ
         kv = self.num_stages * self.tile_n * (self.head_dim + self.head_dim_v)
         return (q + kv) * elem_bytes + 1024
 
@@ -78,12 +85,19 @@ def choose_config(head_dim: int, head_dim_v: int) -> FwdConfig:
     if hd > 128:
         # hdim > 128 with tile_n 128 spills registers (acc_O + acc_S > 200 regs).
         tile_n = 64
-    # 3 K/V stages where they fit. H200, B=4 H=16 S=8192 hdim 128, 3 vs 2 stages: noop
-    # 707 vs 667 in one run, 643 vs 646 in another (noise ~3%); causal equal. Kept for
-    # the extra latency slack; revisit with a profiler.
-    for stages in (3, 2):
-        cfg = FwdConfig(head_dim, head_dim_v, tile_n=tile_n, num_stages=stages, pingpong=pingpong,
-                        persistent=persistent, dynamic=persistent)
+    # Persistent CTAs first try their own sO buffer with 2 K/V stages (Note [own sO] in
+    # hopper_fwd.py): at hdim 128 it beat 3 stages with sO aliasing sQ everywhere. H200,
+    # median of 3 fresh processes each, TFLOP/s 3 aliased stages -> own sO + 2 stages,
+    # S=8192: noop 659 -> 673, causal 641 -> 656, sliding window 492 -> 515, document
+    # 391 -> 425; S=2048: noop 618 -> 644, causal 448 -> 473, sliding window 378 -> 399.
+    # Otherwise 3 K/V stages where they fit (noop d128 S=8192 earlier: 707 vs 667 in one
+    # run, 643 vs 646 in another).
+    candidates = [dict(num_stages=3), dict(num_stages=2)]
+    if persistent:
+        candidates.insert(0, dict(num_stages=2, separate_o=True))
+    for extra in candidates:
+        cfg = FwdConfig(head_dim, head_dim_v, tile_n=tile_n, pingpong=pingpong,
+                        persistent=persistent, dynamic=persistent, **extra)
         if cfg.smem_bytes() <= SMEM_BYTES_SM90:
             return cfg
     return FwdConfig(head_dim, head_dim_v, tile_n=64, num_stages=2, pingpong=pingpong,

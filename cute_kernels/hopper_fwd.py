@@ -14,7 +14,8 @@ Structure (FA3/FA4 style):
   (Note [intra-warpgroup overlap]) and the two warpgroups alternate their GEMMs
   (Note [pingpong], hdim <= 128).
 - masked launches walk q-tiles last-to-first (Note [LPT order]).
-- epilogue: O -> 16-bit -> smem (aliasing sQ) -> one TMA store; LSE from registers.
+- epilogue: O -> 16-bit -> smem -> one TMA store; LSE from registers. sO has its own
+  buffer where it fits (Note [own sO]), else aliases sQ.
 - persistent at head dims 128 / 256 (config.choose_config): one CTA per SM walks tiles
   (Note [tile loop]), taking each next tile from a global counter (Note [dynamic tile
   scheduler]); other head dims run one CTA per tile; FwdConfig can ask for any of the
@@ -39,7 +40,7 @@ from cutlass.utils import LayoutEnum
 
 from .block_sparse import sparse_row, sparse_tile
 from .config import FwdConfig
-from .fragments import as_mn, as_operand_a, transpose_smem_view
+from .fragments import as_mn, as_operand_a, store_16bit, transpose_smem_view
 from .apply_mods import apply_mask_mod, apply_score_mod, apply_seqlen_mask
 from .mods import ModSpec
 from .softmax import LOG2_E, OnlineSoftmax, rescale_rows
@@ -59,6 +60,33 @@ def _smem_layout(dtype, rows: int, cols: int, stages: Optional[int] = None):
     if stages is None:
         return cute.tile_to_shape(atom, (rows, cols), order=(0, 1))
     return cute.tile_to_shape(atom, (rows, cols, stages), order=(0, 1, 2))
+
+
+def _shared_storage(dtype, stages: int, q_elems: int, k_elems: int, v_elems: int, o_elems: int,
+                    separate_o: bool):
+    """The kernel's shared memory struct. sO aliases sQ unless separate_o.
+
+    Note [own sO]: with sO aliasing sQ, a persistent CTA can load its next tile's Q only
+    after the epilogue's TMA store has read sO, so every tile pays the epilogue plus a Q
+    load before its first QK^T. With its own sO (FwdConfig.separate_o) the consumers
+    release Q right after the mainloop, the producer loads the next Q during the epilogue,
+    and the store is waited for only before the next epilogue writes sO (and once before
+    the CTA exits). At hdim 128 it costs the third K/V stage (Q + O + 2 stages = 193 KiB)
+    and still won everywhere (config.choose_config); at hdim 256 it does not fit."""
+    fields = {
+        "mbar_q": cute.struct.MemRange[cutlass.Int64, 2],
+        "mbar_k": cute.struct.MemRange[cutlass.Int64, stages * 2],
+        "mbar_v": cute.struct.MemRange[cutlass.Int64, stages * 2],
+        "mbar_tile": cute.struct.MemRange[cutlass.Int64, 2 * 2],  # Note [dynamic tile scheduler]
+        "tile_ids": cute.struct.MemRange[Int32, 2],
+        "sQ": cute.struct.Align[cute.struct.MemRange[dtype, q_elems if separate_o
+                                                     else max(q_elems, o_elems)], 1024],
+        "sK": cute.struct.Align[cute.struct.MemRange[dtype, k_elems], 1024],
+        "sV": cute.struct.Align[cute.struct.MemRange[dtype, v_elems], 1024],
+    }
+    if separate_o:
+        fields["sO"] = cute.struct.Align[cute.struct.MemRange[dtype, o_elems], 1024]
+    return cute.struct(type("SharedStorage", (), {"__annotations__": fields}))
 
 
 @cute.jit
@@ -151,21 +179,9 @@ class HopperFlexFwd:
         self.tx_k = cute.size_in_bytes(self.dtype, cute.select(sK_layout, mode=[0, 1]))
         self.tx_v = cute.size_in_bytes(self.dtype, cute.select(sV_layout, mode=[0, 1]))
 
-        stages = self.num_stages
-        q_elems = max(cute.cosize(sQ_layout), cute.cosize(sO_layout))
-
-        @cute.struct
-        class SharedStorage:
-            mbar_q: cute.struct.MemRange[cutlass.Int64, 2]
-            mbar_k: cute.struct.MemRange[cutlass.Int64, stages * 2]
-            mbar_v: cute.struct.MemRange[cutlass.Int64, stages * 2]
-            mbar_tile: cute.struct.MemRange[cutlass.Int64, 2 * 2]  # Note [dynamic tile scheduler]
-            tile_ids: cute.struct.MemRange[Int32, 2]
-            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, q_elems], 1024]
-            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
-            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
-
-        self.shared_storage = SharedStorage
+        self.shared_storage = _shared_storage(
+            self.dtype, self.num_stages, cute.cosize(sQ_layout), cute.cosize(sK_layout),
+            cute.cosize(sV_layout), cute.cosize(sO_layout), self.cfg.separate_o)
 
         # Note [scale placement]: without a score_mod the scale folds into exp2's
         # argument; with one, flex semantics apply the scale before the mod, so the
@@ -236,7 +252,8 @@ class HopperFlexFwd:
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sV = storage.sV.get_tensor(sV_layout.outer, swizzle=sV_layout.inner)
-        sO = storage.sQ.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)
+        o_buf = storage.sO if const_expr(self.cfg.separate_o) else storage.sQ
+        sO = o_buf.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)
 
         # Note [tile loop]: every CTA walks linear tile ids bid, bid + grid, ...; a
         # non-persistent launch has one CTA per tile, so the loop runs once.
@@ -460,6 +477,10 @@ class HopperFlexFwd:
             while tile < num_m * n_h * n_b:
                 q_state, state = self.consume_tile(tile, q_state, state, frags, *args)
                 tile, t_state = self.receive_tile(t_state, pipe_tile, s_tile)
+        if const_expr(self.cfg.separate_o):
+            # the last O store must read sO before the CTA exits (Note [own sO])
+            if warp_idx == 4:
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
 
     @cute.jit
     def consume_tile(self, tile, q_state, state, frags, mO, mLSE, mMax, sO, tma_atom_O,
@@ -485,9 +506,15 @@ class HopperFlexFwd:
                               tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk,
                               softmax_scale, seqlen_k, m_block, head_idx, batch_idx, lists,
                               aux_tensors, aux_scalars)
+        # Note [own sO]: with its own sO buffer, Q is free once the mainloop's QK^Ts are
+        # done, so the producer loads the next tile's Q while this tile's epilogue runs;
+        # aliased, sQ is free only after the epilogue's O store has read it.
+        if const_expr(self.cfg.separate_o):
+            pipe_q.consumer_release(q_state)
         self.epilogue(acc_O, softmax, mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_pv, tidx,
                       warp_idx, m_block, head_idx, batch_idx)
-        pipe_q.consumer_release(q_state)
+        if const_expr(not self.cfg.separate_o):
+            pipe_q.consumer_release(q_state)
         q_state.advance()
         return q_state, state
 
@@ -516,7 +543,7 @@ class HopperFlexFwd:
             pipe_k.consumer_release(state)
             self.mods_and_masks(acc_S, n_block, is_partial, **mods)
             softmax.step(acc_S)
-            tOrP.store(as_operand_a(acc_S).load().to(self.dtype))
+            store_16bit(as_operand_a(acc_S), tOrP)  # Note [P conversion]
             state_v = state.clone()
             state.advance()
             for t in cutlass.range(1, total, unroll=1):
@@ -564,8 +591,9 @@ class HopperFlexFwd:
         warpgroup.wait_group(0)
         pipe_v.consumer_release(state_v)
         rescale_rows(acc_O, row_scale)
-        tOrP.store(as_operand_a(acc_S).load().to(self.dtype))
-        state_v.advance()
+        store_16bit(as_operand_a(acc_S), tOrP)  # Note [P conversion]
+        # K and V share ring slots, so P V (j) uses K (j)'s slot: one advance per step.
+        state_v = state.clone()
         state.advance()
         return state, state_v
 
@@ -624,7 +652,11 @@ class HopperFlexFwd:
                     if const_expr(mMax is not None):
                         mMax[batch_idx, head_idx, row] = row_max[r]
 
-        # sO aliases sQ: every consumer warpgroup must be past its last QK^T.
+        # Aliased sO (sQ): every consumer warpgroup must be past its last QK^T. Own sO:
+        # the previous tile's O store must have read it (only the issuing warp can wait).
+        if const_expr(self.cfg.separate_o):
+            if warp_idx == 4:
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
         cute.arch.barrier(barrier_id=BAR_EPILOGUE_SQ_FREE, number_of_threads=self.num_consumer_threads)
         st_atom = cute.make_copy_atom(
             cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
@@ -640,8 +672,9 @@ class HopperFlexFwd:
                                                cute.group_modes(gO, 0, 2))
             cute.copy(tma_atom_O, tOsO, tOgO)
             cute.arch.cp_async_bulk_commit_group()
-            cute.arch.cp_async_bulk_wait_group(0, read=True)
-        if const_expr(self.cfg.persistent):
+            if const_expr(not self.cfg.separate_o):
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
+        if const_expr(self.cfg.persistent and not self.cfg.separate_o):
             # sO is sQ: the next tile's Q may land only after the store has read it.
             cute.arch.barrier(barrier_id=BAR_EPILOGUE_SO_FREE,
                               number_of_threads=self.num_consumer_threads)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from . import cache
-from .config import SUPPORTED_HEAD_DIM_PAIRS, SUPPORTED_HEAD_DIMS, choose_config
+from .config import SMEM_BYTES_SM90, SUPPORTED_HEAD_DIM_PAIRS, SUPPORTED_HEAD_DIMS, choose_config
 from .mods import ModSpec
 
 ARCH = "sm_90a"
@@ -144,6 +144,9 @@ def _scalar_fake(t: str):
 
 def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, ratios=(1, 1),
              options=""):
+    if cfg.smem_bytes() > SMEM_BYTES_SM90:
+        raise ValueError(f"{cfg} needs {cfg.smem_bytes()} bytes of shared memory; sm90 has "
+                         f"{SMEM_BYTES_SM90}")
     cutlass, cute = _cutlass()
     from .hopper_fwd import HopperFlexFwd
 
@@ -157,9 +160,13 @@ def _compile(dtype, cfg, score_mod, mask_mod, has_sparse, has_full, has_max, rat
     sparse = None
     if has_sparse:
         i32 = cutlass.Int32
-        sparse = (_fake(i32, 3, contiguous_last=False), _fake(i32, 4, contiguous_last=False),
+        # Note [unit-stride block lists]: the kv index lists are read once per visited
+        # tile, so their last stride is static 1 (flash_attn_fwd makes it so); a dynamic
+        # one cost a 64-bit multiply chain per list in the mainloop.
+        idx = lambda: _fake(i32, 4, contiguous_last=True, align=4, tma=False)
+        sparse = (_fake(i32, 3, contiguous_last=False), idx(),
                   _fake(i32, 3, contiguous_last=False) if has_full else None,
-                  _fake(i32, 4, contiguous_last=False) if has_full else None)
+                  idx() if has_full else None)
     mods = [m for m in (score_mod, mask_mod) if m is not None]
     aux_t = tuple(_fake(_dtype_from_name(dt), nd, contiguous_last=False)
                   for m in mods for (dt, nd) in m.buffer_specs)
@@ -289,6 +296,9 @@ def flash_attn_fwd(q, k, v, *, scale: Optional[float] = None, block_sparse=None,
     if has_sparse:
         cnt, idx, fcnt, fidx = (t if t is None or t.dtype == torch.int32 else t.to(torch.int32)
                                 for t in block_sparse[:4])
+        # Note [unit-stride block lists]
+        idx = idx if idx.stride(-1) == 1 else idx.contiguous()
+        fidx = fidx if fidx is None or fidx.stride(-1) == 1 else fidx.contiguous()
         sparse = (cnt, idx, fcnt if has_full else None, fidx if has_full else None)
     aux_t, aux_s = _runtime_aux(score_mod, mask_mod)
     # a fresh counter per launch: launches on other streams never share one

@@ -9,7 +9,7 @@ import math
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, const_expr
+from cutlass import Float32
 
 from .fragments import as_mn
 
@@ -56,8 +56,7 @@ class OnlineSoftmax:
         row_scale = cute.make_rmem_tensor_like(self.row_max, Float32)
         for r in cutlass.range_constexpr(cute.size(self.row_max)):
             row = s_mn[r, None].load()
-            m_new = row.reduce(cute.ReductionOp.MAX, self.row_max[r], 0)
-            m_new = cute.arch.warp_reduction_max(m_new, threads_in_group=4)
+            m_new = quad_max(row.reduce(cute.ReductionOp.MAX, self.row_max[r], 0))
             m_prev = self.row_max[r]
             self.row_max[r] = m_new
             # Note [fully masked rows]: while a row has seen only -inf, shift by 0 so
@@ -95,6 +94,17 @@ class OnlineSoftmax:
             )
             mx[r] = m * (self.scale_log2 * LN_2)
         return inv, lse, mx
+
+
+@cute.jit
+def quad_max(x: Float32) -> Float32:
+    """Max over the 4 threads of a quad, NaN-propagating like the per-thread reduce (a
+    NaN score must reach O and LSE): one FMNMX.NAN per shuffle. (With
+    warp_reduction_max here, Nsight Compute's SASS showed a compare-and-select sequence
+    after the first shuffle.)"""
+    for offset in (2, 1):
+        x = cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=offset), nan=True)
+    return x
 
 
 @cute.jit

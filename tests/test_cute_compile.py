@@ -153,10 +153,14 @@ STATIC = {"persistent": True, "dynamic": False}  # round-robin persistent CTAs
 ONE_CTA = {"persistent": False, "dynamic": False}  # one CTA per tile
 
 
+ALIASED_O = {"separate_o": False, "num_stages": 3}  # sO in sQ's buffer (the hdim-256 default)
+
+
 @pytest.mark.skipif(_ptxas() is None, reason="needs ptxas")
 @pytest.mark.parametrize("d,override", [(64, {}), (128, {}), (256, {}), (128, STATIC), (256, STATIC),
-                                        (128, ONE_CTA)],
-                         ids=["d64", "d128", "d256", "d128-static", "d256-static", "d128-one-cta"])
+                                        (128, ONE_CTA), (128, ALIASED_O)],
+                         ids=["d64", "d128", "d256", "d128-static", "d256-static", "d128-one-cta",
+                              "d128-aliased-o"])
 def test_no_wgmma_serialization(d, override, tmp_path):
     """ptxas must not serialize the wgmmas for lack of registers (warning C7512): that
     cost 25% at hdim 128 once (see Note [single tile] in hopper_fwd.py)."""
@@ -176,3 +180,16 @@ def test_no_wgmma_serialization(d, override, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "C7512" not in out.stderr, out.stderr[-2000:]
     assert "0 bytes spill stores" in out.stderr, out.stderr[-2000:]
+
+
+def test_config_that_overflows_shared_memory_is_refused():
+    """A FwdConfig override larger than sm90's shared memory fails at compile time with the
+    sizes named, not at launch."""
+    import dataclasses
+
+    import cute_kernels as ck
+    from cute_kernels.config import choose_config
+
+    cfg = dataclasses.replace(choose_config(128, 128), num_stages=3)  # own sO + 3 stages
+    with pytest.raises(ValueError, match="bytes of shared memory"):
+        ck.compile_only(head_dim=128, config=cfg)
