@@ -3,7 +3,8 @@
 A wgmma accumulator fragment for one thread has shape ((2, 2, N/8), MMA_M, MMA_N):
 mode 0 is (column pair, row half, column octet). Softmax wants (rows, cols) and the
 second GEMM wants the P fragment in the A-operand register layout. Both are pure
-layout changes (no data movement), built here once.
+layout changes (no data movement), built here once; store_16bit packs P into that
+A-operand fragment.
 """
 import cutlass
 import cutlass.cute as cute
