@@ -440,6 +440,30 @@ def test_accepts_kernel_args_blocksparse_namedtuple():
 
 
 @gpu
+def test_block_lists_with_a_strided_last_dim():
+    """Note [unit-stride block lists]: the kernel reads the kv index lists with a static unit
+    stride, so flash_attn_fwd copies lists whose last stride is not 1; the result must match
+    the contiguous lists and the float64 reference."""
+    import cute_kernels as ck
+
+    seed = random.randrange(1 << 30)
+    torch.manual_seed(seed)
+    spec, mask_t = _mods()["causal"]
+    q = torch.randn(2, 2, 700, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    cnt, idx, fcnt, fidx = block_mask_tensors(mask_t, 2, 2, 700, 700, 128, 128, "cuda")
+    strided = [torch.stack([t, torch.full_like(t, 10**6)], dim=-1)[..., 0] for t in (idx, fidx)]
+    assert strided[0].stride(-1) == 2
+    a = ck.flash_attn_fwd(q, k, v, block_sparse=(cnt, idx, fcnt, fidx, 128, 128), mask_mod=spec)[0]
+    b = ck.flash_attn_fwd(q, k, v, block_sparse=(cnt, strided[0], fcnt, strided[1], 128, 128),
+                          mask_mod=spec)[0]
+    assert torch.equal(a, b), f"seed={seed}"
+    ref = reference(q, k, v, 128 ** -0.5, mask_t)[0]
+    err = ((b.double() - ref).norm() / ref.norm()).item()
+    assert err < 1e-2, f"seed={seed}: {err}"
+
+
+@gpu
 @pytest.mark.parametrize("D", [64, 128])
 def test_nan_scores_reach_the_output(D):
     """A row whose scores are NaN is not an empty row: like the float64 reference, its
