@@ -21,7 +21,7 @@ def can_implement(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_q:
     for name, size in (("BLOCK_SIZE[0]", block_q), ("BLOCK_SIZE[1]", block_kv)):
         if size is not None and (size <= 0 or size % MIN_TILE):
             return False, f"BlockMask {name} = {size} must be a positive multiple of {MIN_TILE}"
-    if scale is not None and not scale > 0:
+    if scale is not None and not scale > 0:  # row maxima are taken before scaling (Note [scale folded into exp2])
         return False, f"scale must be positive, got {scale}; fold a sign into a score_mod instead"
     if q.device.type == "cuda":
         pass
@@ -57,12 +57,7 @@ def can_implement(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_q:
 
 def check_call(q, k, v, scale: float, block_sparse: BlockSparseTensors) -> None:
     """Raise ValueError naming the problem if this call cannot run here."""
-    ok, why = can_implement(q, k, v)
+    ok, why = can_implement(q, k, v, block_q=int(block_sparse.block_size_q),
+                            block_kv=int(block_sparse.block_size_kv), scale=scale)
     if not ok:
         raise ValueError(f"fallback_triton cannot run this call: {why}")
-    if not scale > 0:  # the forward takes row maxima before scaling (Note [scale folded into exp2])
-        raise ValueError(f"scale must be positive, got {scale}; fold a sign into a score_mod instead")
-    for name in ("block_size_q", "block_size_kv"):
-        size = int(getattr(block_sparse, name))
-        if size <= 0 or size % MIN_TILE:
-            raise ValueError(f"BlockMask {name} = {size} must be a positive multiple of {MIN_TILE}")
