@@ -32,9 +32,6 @@ class Tile:
     warps: int = 4
     stages: int = 2
 
-    def fits(self, block_q: int, block_kv: int) -> bool:
-        return block_q % self.m == 0 and block_kv % self.n == 0
-
     def config(self) -> triton.Config:
         return triton.Config(dict(BLOCK_M=self.m, BLOCK_N=self.n), num_warps=self.warps, num_stages=self.stages)
 
@@ -85,10 +82,6 @@ class BwdTile:
     n2: int
     warps: int = 8
     stages: int = 2
-
-    def fits(self, block_q: int, block_kv: int) -> bool:
-        return block_q % self.m1 == 0 and block_q % self.m2 == 0 and block_kv % self.n1 == 0 \
-            and block_kv % self.n2 == 0
 
     def config(self) -> triton.Config:
         return triton.Config(dict(BLOCK_M=self.m1, BLOCK_N=self.n1, BLOCK_M2=self.m2, BLOCK_N2=self.n2),
@@ -154,7 +147,8 @@ def backward_tiles(head_dim: int, itemsize: int) -> tuple[BwdTile, ...]:
 def interpreter_tile(block_q: int, block_kv: int, backward: bool = False):
     """The interpreter's fixed tile (it divides every allowed mask block)."""
     t = INTERPRETER_BWD_TILE if backward else INTERPRETER_TILE
-    assert t.fits(block_q, block_kv), f"mask blocks ({block_q}, {block_kv}) must be multiples of {MIN_TILE}"
+    assert _config_fits(t.config().kwargs, block_q, block_kv), \
+        f"mask blocks ({block_q}, {block_kv}) must be multiples of {MIN_TILE}"
     return t
 
 
@@ -163,7 +157,7 @@ MAX_TUNED = 3  # configs benchmarked per key: the first that fit; keeps first-ca
 
 def fitting(tiles: tuple, block_q: int, block_kv: int) -> list:
     """The tiles that divide the mask blocks (Note [tile divides mask block]), in list order."""
-    kept = [t for t in tiles if t.fits(block_q, block_kv)]
+    kept = [t for t in tiles if _config_fits(t.config().kwargs, block_q, block_kv)]
     if not kept:
         raise ValueError(f"no kernel tile divides the BlockMask blocks ({block_q}, {block_kv}); "
                          f"use multiples of {MIN_TILE}")
