@@ -541,8 +541,8 @@ class HopperFlexFwd:
             _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
                   zero_init=True, wait=0)
             pipe_k.consumer_release(state)
-            self.mods_and_masks(acc_S, n_block, is_partial, **mods)
-            softmax.step(acc_S)
+            m_new = self.mods_masks_max(acc_S, n_block, is_partial, True, softmax, **mods)
+            softmax.step(acc_S, m_new)
             store_16bit(as_operand_a(acc_S), tOrP)  # Note [P conversion]
             state_v = state.clone()
             state.advance()
@@ -586,8 +586,11 @@ class HopperFlexFwd:
         self.sched_arrive(wg)
         warpgroup.wait_group(1)
         pipe_k.consumer_release(state)
-        self.mods_and_masks(acc_S, n_block, apply_mask, **mods)
-        row_scale = softmax.step(acc_S)
+        # dense order visits the seqlen tail first (Note [visit order]): only the peeled
+        # first tile can be it
+        m_new = self.mods_masks_max(acc_S, n_block, apply_mask, self.has_sparse, softmax,
+                                    **mods)
+        row_scale = softmax.step(acc_S, m_new)
         warpgroup.wait_group(0)
         pipe_v.consumer_release(state_v)
         rescale_rows(acc_O, row_scale)
@@ -608,29 +611,50 @@ class HopperFlexFwd:
                                      number_of_threads=self.sched_threads)
 
     @cute.jit
-    def mods_and_masks(self, acc_S, n_block: Int32, apply_mask, thr_mma_qk, softmax_scale,
-                       seqlen_k, m_block, head_idx, batch_idx, aux_tensors, aux_scalars):
-        """score_mod, then mask_mod (partial tiles only), then the seqlen tail mask.
+    def mods_masks_max(self, acc_S, n_block: Int32, apply_mask, may_be_tail: bool, softmax,
+                       thr_mma_qk, softmax_scale, seqlen_k, m_block, head_idx, batch_idx,
+                       aux_tensors, aux_scalars):
+        """score_mod, then mask_mod (partial tiles only) and the seqlen tail mask, then the
+        new row max; returns the max for softmax.step.
 
-        apply_mask: a Python bool (a loop specialized at compile time) or a run-time
-        Boolean (the peeled first tile)."""
+        Note [wait placement]: ptxas places the wait for P V (j-1) (wait_group 0, after
+        the softmax in program order) at the top of the basic block it sits in, so a
+        branch join right before the softmax left nothing to overlap with that P V. The
+        masks are branches (taken for partial and tail tiles only), so the row max is
+        computed inside each branch and the join comes after it: the max and its quad
+        shuffles run while P V (j-1) is still on the tensor cores, as in FA4.
+
+        apply_mask: a Python bool (compile-time) or a run-time Boolean.
+        may_be_tail: whether this tile can be the seqlen tail (compile-time)."""
         cS = cute.domain_offset((m_block * self.tile_m, n_block * self.tile_n),
                                 cute.make_identity_tensor((self.tile_m, self.tile_n)))
         tScS = thr_mma_qk.partition_C(cS)
         if const_expr(self.score_mod is not None):
             apply_score_mod(acc_S, tScS, self.score_mod, batch_idx, head_idx, softmax_scale,
                             aux_tensors[: self.n_score_bufs], aux_scalars[: self.n_score_scalars])
-        if const_expr(self.mask_mod is not None):
-            mask_args = (acc_S, tScS, self.mask_mod, batch_idx, head_idx,
-                         aux_tensors[self.n_score_bufs:], aux_scalars[self.n_score_scalars:])
-            if const_expr(isinstance(apply_mask, bool)):
-                if const_expr(apply_mask):
-                    apply_mask_mod(*mask_args)
+        m_new = softmax.new_max_buffer()
+        mask_args = (acc_S, tScS, self.mask_mod, batch_idx, head_idx,
+                     aux_tensors[self.n_score_bufs:], aux_scalars[self.n_score_scalars:])
+        has_mask = self.mask_mod is not None and not (isinstance(apply_mask, bool)
+                                                      and not apply_mask)
+        if const_expr(not has_mask and not may_be_tail):
+            softmax.update_max(acc_S, m_new)
+        else:
+            is_tail = (n_block + 1) * self.tile_n > seqlen_k if const_expr(may_be_tail) else False
+            needs = is_tail
+            if const_expr(has_mask):
+                needs = apply_mask or is_tail
+            if needs:
+                if const_expr(has_mask):
+                    if apply_mask:
+                        apply_mask_mod(*mask_args)
+                if const_expr(may_be_tail):
+                    if is_tail:
+                        apply_seqlen_mask(acc_S, tScS, seqlen_k)
+                softmax.update_max(acc_S, m_new)
             else:
-                if apply_mask:
-                    apply_mask_mod(*mask_args)
-        if (n_block + 1) * self.tile_n > seqlen_k:
-            apply_seqlen_mask(acc_S, tScS, seqlen_k)
+                softmax.update_max(acc_S, m_new)
+        return m_new
 
     @cute.jit
     def epilogue(self, acc_O, softmax, mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_pv, tidx,

@@ -48,20 +48,31 @@ class OnlineSoftmax:
             pos += n
         return OnlineSoftmax(None, 0, _state=tuple(out))
 
+    def new_max_buffer(self) -> cute.Tensor:
+        return cute.make_rmem_tensor_like(self.row_max, Float32)
+
     @cute.jit
-    def step(self, acc_S: cute.Tensor) -> cute.Tensor:
-        """Exponentiate acc_S in place (it becomes P) and return the factor by which the
-        O accumulator rows must be rescaled."""
+    def update_max(self, acc_S: cute.Tensor, m_new: cute.Tensor):
+        """m_new <- running row max including acc_S, reduced over the quad. Split from
+        `step` so the caller can place it before a branch join (Note [wait placement])."""
+        s_mn = as_mn(acc_S)
+        for r in cutlass.range_constexpr(cute.size(self.row_max)):
+            m_new[r] = quad_max(s_mn[r, None].load().reduce(cute.ReductionOp.MAX, self.row_max[r], 0))
+
+    @cute.jit
+    def step(self, acc_S: cute.Tensor, m_new: cute.Tensor) -> cute.Tensor:
+        """Exponentiate acc_S in place (it becomes P) given the new row max from
+        update_max, and return the factor by which the O accumulator rows must be
+        rescaled."""
         s_mn = as_mn(acc_S)
         row_scale = cute.make_rmem_tensor_like(self.row_max, Float32)
         for r in cutlass.range_constexpr(cute.size(self.row_max)):
             row = s_mn[r, None].load()
-            m_new = quad_max(row.reduce(cute.ReductionOp.MAX, self.row_max[r], 0))
             m_prev = self.row_max[r]
-            self.row_max[r] = m_new
+            self.row_max[r] = m_new[r]
             # Note [fully masked rows]: while a row has seen only -inf, shift by 0 so
             # exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
-            m_safe = m_new if m_new != -Float32.inf else Float32(0.0)
+            m_safe = m_new[r] if m_new[r] != -Float32.inf else Float32(0.0)
             shift = m_safe * self.scale_log2
             p = cute.math.exp2(row * self.scale_log2 - shift, fastmath=True)
             row_scale[r] = cute.math.exp2(m_prev * self.scale_log2 - shift, fastmath=True)
