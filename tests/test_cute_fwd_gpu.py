@@ -42,6 +42,20 @@ def _mods():
     def head_window_t(b, h, q, kv):
         return (q >= kv) & (q - kv < 100 * (h + 1) + 50 * b)
 
+    def batch_window_kernel(b, h, q, kv, bufs, scalars):
+        # a window per batch, the same for every head: a (B, 1, ...) BlockMask
+        return (q >= kv) & (q - kv < 100 + 150 * b)
+
+    def batch_window_t(b, h, q, kv):
+        return (q >= kv) & (q - kv < 100 + 150 * b)
+
+    def only_head_window_kernel(b, h, q, kv, bufs, scalars):
+        # a window per head, the same for every batch: a (1, H, ...) BlockMask
+        return (q >= kv) & (q - kv < 100 * (h + 1))
+
+    def only_head_window_t(b, h, q, kv):
+        return (q >= kv) & (q - kv < 100 * (h + 1))
+
     def window_kernel(b, h, q, kv, bufs, scalars):
         return (q >= kv) & (q - kv < 300)
 
@@ -54,6 +68,10 @@ def _mods():
         "empty_rows": (ModSpec("mask", tail_rows_kernel, key="test:empty_rows"), tail_rows_t),
         "window300": (ModSpec("mask", window_kernel, key="test:window300"), window_t),
         "head_window": (ModSpec("mask", head_window_kernel, key="test:head_window"), head_window_t),
+        "batch_window": (ModSpec("mask", batch_window_kernel, key="test:batch_window"),
+                         batch_window_t),
+        "only_head_window": (ModSpec("mask", only_head_window_kernel, key="test:only_head_window"),
+                             only_head_window_t),
     }
 
 
@@ -81,12 +99,14 @@ def reference(q, k, v, scale, mask_t=None, score_t=None):
 
 def block_mask_tensors(mask_t, B, H, Sq, Skv, q_bs, kv_bs, device, per_bh=False):
     """(kv_num_blocks, kv_indices, full_num, full_indices) like flex's BlockMask: shapes
-    (1, 1, ...) (broadcast) unless per_bh, then (B, H, ...) from mask_t(b, h, ...)."""
+    (1, 1, ...) (broadcast) unless per_bh, then from mask_t(b, h, ...): True or "bh" gives
+    (B, H, ...), "b" (B, 1, ...) and "h" (1, H, ...)."""
     if per_bh:
+        per = "bh" if per_bh is True else per_bh
         rows = [[block_mask_tensors(lambda b_, h_, q, k: mask_t(torch.tensor(b, device=device),
                                                                  torch.tensor(h, device=device), q, k),
                                     1, 1, Sq, Skv, q_bs, kv_bs, device)
-                 for h in range(H)] for b in range(B)]
+                 for h in range(H if "h" in per else 1)] for b in range(B if "b" in per else 1)]
         return tuple(torch.cat([torch.cat([r[i] for r in row], dim=1) for row in rows], dim=0)
                      for i in range(4))
     nq, nk = math.ceil(Sq / q_bs), math.ceil(Skv / kv_bs)
@@ -135,6 +155,10 @@ CASES = [
      "head_window", (128, 128, "per_bh")),
     ("per-(b,h) blockmask d256 tile64", 2, 2, 2, 700, 900, 256, 256, torch.bfloat16,
      "head_window", (128, 128, "per_bh")),
+    ("per-batch blockmask d128", 2, 4, 4, 1000, 1537, 128, 128, torch.bfloat16,
+     "batch_window", (128, 128, "per_b")),
+    ("per-head blockmask gqa d128", 2, 4, 2, 1000, 1537, 128, 128, torch.bfloat16,
+     "only_head_window", (128, 128, "per_h")),
 ]
 
 
@@ -160,8 +184,9 @@ def run_case(case, seed=None, **cfg_override):
     scale = 1.0 / math.sqrt(D)
     block_sparse = None
     if sp is not None:
+        per = next((x[len("per_"):] for x in sp[2:]), False)  # "bh", "b", "h" or none
         block_sparse = (*block_mask_tensors(mask_t, B, Hq, Sq, Skv, sp[0], sp[1], dev,
-                                            per_bh="per_bh" in sp), sp[0], sp[1])
+                                            per_bh=per), sp[0], sp[1])
     # poison the caching allocator so stale memory reads show up as NaN
     junk = torch.full((64 << 20,), float("nan"), device=dev)
     del junk
@@ -194,7 +219,7 @@ def test_fwd_matches_float64_reference(case):
 PERSISTENT_CASES = [c for c in CASES if c[0] in (
     "noop d128", "noop d256", "noop fp16 d128", "gqa 8/2 d128", "causal sparse d128",
     "causal sparse d256 (tile 64)", "window sparse gqa d128", "empty rows sparse d128",
-    "empty rows dense d64", "per-(b,h) blockmask gqa d128")]
+    "empty rows dense d64", "per-(b,h) blockmask gqa d128", "per-batch blockmask d128")]
 
 
 @gpu
