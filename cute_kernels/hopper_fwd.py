@@ -635,8 +635,7 @@ class HopperFlexFwd:
         m_new = softmax.new_max_buffer()
         mask_args = (acc_S, tScS, self.mask_mod, batch_idx, head_idx,
                      aux_tensors[self.n_score_bufs:], aux_scalars[self.n_score_scalars:])
-        has_mask = self.mask_mod is not None and not (isinstance(apply_mask, bool)
-                                                      and not apply_mask)
+        has_mask = self.mask_mod is not None and apply_mask is not False
         if const_expr(not has_mask and not may_be_tail):
             softmax.update_max(acc_S, m_new)
         else:
