@@ -6,6 +6,7 @@ cache key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 SUPPORTED_HEAD_DIMS = (64, 96, 128, 192, 256)
 # (head_dim, head_dim_v) pairs beyond the square ones.
@@ -58,20 +59,23 @@ class FwdConfig:
         return (q + kv) * elem_bytes + 1024
 
 
-def choose_config(head_dim: int, head_dim_v: int) -> FwdConfig:
-    """The tile shape for these head dims.
+def choose_config(head_dim: int, head_dim_v: int, block_q: Optional[int] = None) -> FwdConfig:
+    """The tile shape for these head dims and the BlockMask's Q block (None: no BlockMask).
 
-    Three consumer warpgroups (tile_m 192, 160/32 registers, FA3/FA4's hdim-64 shape) are
-    supported through FwdConfig but not chosen: at 160 registers our consumer spills with
-    tile_n 128 (ptxas: ~600 bytes; 180 vs 465 TFLOP/s, noop d64 S=8192 on the H200) and
-    with tile_n 64 it only ties two warpgroups (461 vs 468), which also serve 128-row masks.
+    Head dim 64 takes three consumer warpgroups (tile_m 192, 160 / 32 registers, FA3/FA4's
+    hdim-64 shape) with the dynamic tile scheduler wherever the BlockMask allows 192-row
+    tiles (no BlockMask, or a Q block that is a multiple of 192), two warpgroups otherwise.
+    H200, fresh processes, median of 3, bf16 B=4 H=16, no BlockMask, TFLOP/s two WGs ->
+    three WGs one CTA per tile -> three WGs dynamic: noop S=8192 468 -> 572 -> 587, S=2048
+    395 -> 400 -> 409; causal mask_mod S=8192 205 -> 239 -> 240 (session 5; in session 2 the
+    three-WG consumer still spilled at 160 registers).
     Persistent CTAs with the dynamic tile scheduler at head dims 128 and 256, where they
     measured faster or equal. H200, same process, bf16 B=4 H=16, against one CTA per tile
     (TFLOP/s, S=8192 / 2048), d128: sliding window 461 -> 497 / 375 -> 407, document
     360 -> 395 / 119 -> 133, causal 652 -> 642 / 429 -> 461, ALiBi 567 -> 566 / 409 -> 433,
     softcap 504 -> 501 / 374 -> 394, noop 656 -> 660 / 574 -> 582; d256 S=2048 noop
     698 -> 704, causal 540 -> 543. Static round-robin persistence lost causal (601 / 404)
-    and d256 causal (412). At d64, d96 and d192 (S=8192) the dynamic schedule lost: noop
+    and d256 causal (412). At d64 (two WGs), d96 and d192 (S=8192) the dynamic schedule lost: noop
     477 -> 462, 562 -> 528, 616 -> 600; causal 400 -> 397, 557 -> 502, 615 -> 550; those
     keep one CTA per tile.
     tile_n = 128 where two K/V stages fit in shared memory, else 64; tile_n must divide
@@ -80,6 +84,9 @@ def choose_config(head_dim: int, head_dim_v: int) -> FwdConfig:
     """
     hd = max(head_dim, head_dim_v)
     pingpong = hd <= 128
+    if head_dim == head_dim_v == 64 and (block_q is None or block_q % 192 == 0):
+        return FwdConfig(64, 64, tile_m=192, consumer_regs=160, producer_regs=32,
+                         num_stages=3, persistent=True, dynamic=True)
     persistent = head_dim == head_dim_v and hd in (128, 256)
     tile_n = 128
     if hd > 128:

@@ -110,7 +110,7 @@ def can_implement(q, k, v, *, block_q: Optional[int] = None, block_kv: Optional[
             return False, f"{name} must have a contiguous last dim"
         if any((s * t.element_size()) % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
             return False, f"{name} needs 16-byte aligned strides and data pointer (TMA)"
-    cfg = choose_config(d, dv)
+    cfg = choose_config(d, dv, block_q)
     if block_q is not None and block_q % cfg.tile_m:
         return False, f"BlockMask Q block {block_q} must be a multiple of {cfg.tile_m}"
     if block_kv is not None and block_kv % cfg.tile_n:
@@ -210,7 +210,7 @@ def compile_only(arch: str = "sm_90a", dtype=torch.bfloat16, head_dim: int = 128
         raise RuntimeError(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']} but arch={arch} requested")
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
     score_mod, mask_mod = _as_spec(score_mod, "score"), _as_spec(mask_mod, "mask")
-    cfg = config or choose_config(head_dim, head_dim_v)
+    cfg = config or choose_config(head_dim, head_dim_v, block_size[0] if block_sparse else None)
     ratios = _ratios(cfg, *block_size) if block_sparse else (1, 1)
     build = lambda: _compile(_cute_dtype(dtype), cfg, score_mod, mask_mod, block_sparse,
                              block_sparse and has_full, need_max_scores, ratios, options)
@@ -276,7 +276,7 @@ def flash_attn_fwd(q, k, v, *, scale: Optional[float] = None, block_sparse=None,
     hit = _launch_cache.get(sig)
     if hit is None:
         spec_s, spec_m = _as_spec(score_mod, "score"), _as_spec(mask_mod, "mask")
-        cfg = _config or choose_config(D, Dv)
+        cfg = _config or choose_config(D, Dv, q_bs)
         ratios = _ratios(cfg, q_bs, kv_bs) if has_sparse else (1, 1)
         key = _key(str(q.dtype), cfg, spec_s, spec_m, has_sparse, has_full, return_max_scores,
                    ratios)

@@ -121,6 +121,17 @@ def test_emitted_source_is_plain_selects():
     assert spec.buffer_specs == (("int32", 1),)
 
 
+def test_head_dim_64_takes_three_warpgroups_where_the_mask_allows():
+    """192-row tiles (three consumer WGs) at hdim 64 without a BlockMask or with a Q block
+    that is a multiple of 192; 128-row tiles for the usual 128-row blocks."""
+    from cute_kernels.config import choose_config
+
+    assert choose_config(64, 64).tile_m == 192 and choose_config(64, 64).num_consumer_wgs == 3
+    assert choose_config(64, 64, 384).tile_m == 192
+    assert choose_config(64, 64, 128).tile_m == 128
+    assert choose_config(128, 128).tile_m == 128
+
+
 def test_can_implement_reasons():
     import cute_kernels as ck
 
@@ -136,9 +147,10 @@ import dataclasses, os, sys, torch
 sys.path.insert(0, {root!r})
 import cute_kernels as ck
 from cute_kernels.config import choose_config
-cfg = dataclasses.replace(choose_config({d}, {d}), **{override!r})
-ck.compile_only(head_dim={d}, mask_mod=ck.CAUSAL_MASK, block_sparse=True, config=cfg,
-                options="--keep-ptx")
+sparse = {sparse!r}
+cfg = dataclasses.replace(choose_config({d}, {d}, 128 if sparse else None), **{override!r})
+ck.compile_only(head_dim={d}, mask_mod=ck.CAUSAL_MASK if sparse else None, block_sparse=sparse,
+                config=cfg, options="--keep-ptx")
 """
 
 
@@ -157,11 +169,12 @@ ALIASED_O = {"separate_o": False, "num_stages": 3}  # sO in sQ's buffer (the hdi
 
 
 @pytest.mark.skipif(_ptxas() is None, reason="needs ptxas")
-@pytest.mark.parametrize("d,override", [(64, {}), (128, {}), (256, {}), (128, STATIC), (256, STATIC),
-                                        (128, ONE_CTA), (128, ALIASED_O)],
-                         ids=["d64", "d128", "d256", "d128-static", "d256-static", "d128-one-cta",
-                              "d128-aliased-o"])
-def test_no_wgmma_serialization(d, override, tmp_path):
+@pytest.mark.parametrize("d,override,sparse", [
+    (64, {}, True), (64, {}, False), (128, {}, True), (256, {}, True), (128, STATIC, True),
+    (256, STATIC, True), (128, ONE_CTA, True), (128, ALIASED_O, True)],
+    ids=["d64", "d64-dense-3wg", "d128", "d256", "d128-static", "d256-static", "d128-one-cta",
+         "d128-aliased-o"])
+def test_no_wgmma_serialization(d, override, sparse, tmp_path):
     """ptxas must not serialize the wgmmas for lack of registers (warning C7512): that
     cost 25% at hdim 128 once (see Note [single tile] in hopper_fwd.py)."""
     import glob
@@ -170,7 +183,8 @@ def test_no_wgmma_serialization(d, override, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, CUTE_DSL_ARCH="sm_90a", CUTE_DSL_DUMP_DIR=str(tmp_path),
                FLEX_FA4_DISK_CACHE="0")
-    p = subprocess.run([sys.executable, "-c", PTXAS_SCRIPT.format(root=root, d=d, override=override)],
+    p = subprocess.run([sys.executable, "-c", PTXAS_SCRIPT.format(root=root, d=d, override=override,
+                                                                  sparse=sparse)],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     ptx = glob.glob(str(tmp_path / "**" / "*__call__*.ptx"), recursive=True)

@@ -162,12 +162,12 @@ CASES = [
 ]
 
 
-def _cfg(D, Dv, **override):
+def _cfg(D, Dv, block_q=None, **override):
     import dataclasses
 
     from cute_kernels.config import choose_config
 
-    return dataclasses.replace(choose_config(D, Dv), **override) if override else None
+    return dataclasses.replace(choose_config(D, Dv, block_q), **override) if override else None
 
 
 def run_case(case, seed=None, **cfg_override):
@@ -192,7 +192,7 @@ def run_case(case, seed=None, **cfg_override):
     del junk
     out, lse, mx = ck.flash_attn_fwd(q, k, v, scale=scale, block_sparse=block_sparse,
                                      mask_mod=spec, return_max_scores=True,
-                                     _config=_cfg(D, Dv, **cfg_override))
+                                     _config=_cfg(D, Dv, sp[0] if sp else None, **cfg_override))
     torch.cuda.synchronize()
     ref, ref_lse, ref_max = reference(q, k, v, scale, mask_t)
     err = ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -515,16 +515,24 @@ def test_nan_scores_reach_the_output(D):
     assert err < 1e-2, f"seed={seed}: {err}"
 
 
-THREE_WG = dict(tile_m=192, tile_n=64, consumer_regs=160, producer_regs=32)  # FwdConfig override
+# Head dim 64 without a BlockMask runs three consumer warpgroups (tile_m 192, the default,
+# covered by the CASES above) with the dynamic scheduler; these are the other shapes of it.
+D64_SHAPES = {
+    "3wg-tile_n64": dict(tile_m=192, tile_n=64),
+    "3wg-one-cta": dict(tile_m=192, persistent=False, dynamic=False),
+    "2wg": dict(tile_m=128, consumer_regs=240, producer_regs=24, persistent=False, dynamic=False),
+}
+GQA_D64 = ("gqa 8/2 d64", 2, 8, 2, 1000, 1537, 64, 64, torch.bfloat16, "none", None)
 
 
 @gpu
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("noop d64", "empty rows dense d64")],
-                         ids=lambda c: c[0])
-def test_three_consumer_warpgroups(case):
-    """tile_m 192 (three consumer warpgroups, round-robin pingpong), not the default at
-    hdim 64 (see choose_config) but a supported configuration."""
-    r = run_case(case, **THREE_WG)
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("noop d64", "empty rows dense d64")]
+                         + [GQA_D64], ids=lambda c: c[0])
+@pytest.mark.parametrize("shape", ["default"] + list(D64_SHAPES))
+def test_head_dim_64_warpgroup_shapes(case, shape):
+    """Three consumer warpgroups (round-robin pingpong over three named barriers) and two,
+    both schedules."""
+    r = run_case(case, **D64_SHAPES.get(shape, {}))
     assert r["ok"], f"seed={r['seed']}: {r}"
 
 
