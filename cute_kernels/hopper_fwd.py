@@ -7,16 +7,19 @@ row max of the modded scores.
 
 Structure (FA3/FA4 style):
 - warpgroup 0, warp 0: producer. TMA loads Q once and K/V tiles through two mbarrier
-  rings (PipelineTmaAsync), registers lowered with setmaxregister (24).
-- warpgroups 1..2: consumers (240 registers), 64 q-rows each of the 128-row tile.
+  rings (PipelineTmaAsync), registers lowered with setmaxregister (24; 32 with three
+  consumer warpgroups).
+- warpgroups 1..2: consumers (240 registers), 64 q-rows each of the 128-row tile; at
+  hdim 64 without a 128-row BlockMask, warpgroups 1..3 (160 registers) and 192 rows.
   QK^T is an SS wgmma, P stays in registers for the RS wgmma P @ V
   (Note [P stays in registers]); QK^T(j) overlaps P V(j-1) inside a warpgroup
-  (Note [intra-warpgroup overlap]) and the two warpgroups alternate their GEMMs
+  (Note [intra-warpgroup overlap]) and the warpgroups take turns issuing their GEMMs
   (Note [pingpong], hdim <= 128).
 - masked launches walk q-tiles last-to-first (Note [LPT order]).
 - epilogue: O -> 16-bit -> smem -> one TMA store; LSE from registers. sO has its own
   buffer where it fits (Note [own sO]), else aliases sQ.
-- persistent at head dims 128 / 256 (config.choose_config): one CTA per SM walks tiles
+- persistent at head dims 128 / 256 and three-warpgroup 64 (config.choose_config): one
+  CTA per SM walks tiles
   (Note [tile loop]), taking each next tile from a global counter (Note [dynamic tile
   scheduler]); other head dims run one CTA per tile; FwdConfig can ask for any of the
   three schedules, static round-robin persistence included.
