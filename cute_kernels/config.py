@@ -75,9 +75,9 @@ def choose_config(head_dim: int, head_dim_v: int, block_q: Optional[int] = None)
     360 -> 395 / 119 -> 133, causal 652 -> 642 / 429 -> 461, ALiBi 567 -> 566 / 409 -> 433,
     softcap 504 -> 501 / 374 -> 394, noop 656 -> 660 / 574 -> 582; d256 S=2048 noop
     698 -> 704, causal 540 -> 543. Static round-robin persistence lost causal (601 / 404)
-    and d256 causal (412). At d64 (two WGs), d96 and d192 (S=8192) the dynamic schedule lost: noop
-    477 -> 462, 562 -> 528, 616 -> 600; causal 400 -> 397, 557 -> 502, 615 -> 550; those
-    keep one CTA per tile.
+    and d256 causal (412). At d64 (two WGs), d96 and d192 (S=8192) the dynamic schedule
+    lost: noop 477 -> 462, 562 -> 528, 616 -> 600; causal 400 -> 397, 557 -> 502,
+    615 -> 550; those keep one CTA per tile.
     tile_n = 128 where two K/V stages fit in shared memory, else 64; tile_n must divide
     the BlockMask's KV block (128 by default), which rules out the 112 / 80 tiles FA4 uses
     at hdim 192 / 256; 64 keeps every 128-multiple mask servable.

@@ -57,7 +57,8 @@ class OnlineSoftmax:
         `step` so the caller can place it before a branch join (Note [wait placement])."""
         s_mn = as_mn(acc_S)
         for r in cutlass.range_constexpr(cute.size(self.row_max)):
-            m_new[r] = quad_max(s_mn[r, None].load().reduce(cute.ReductionOp.MAX, self.row_max[r], 0))
+            row = s_mn[r, None].load()
+            m_new[r] = quad_max(row.reduce(cute.ReductionOp.MAX, self.row_max[r], 0))
 
     @cute.jit
     def step(self, acc_S: cute.Tensor, m_new: cute.Tensor) -> cute.Tensor:
