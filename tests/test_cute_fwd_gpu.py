@@ -337,10 +337,7 @@ def call_overhead_us(n=200):
 
 def bench(label, D=128, variant="none", S=8192, B=4, H=16, iters=50, **cfg_override):
     """Forward TFLOP/s counted on unmasked (q, kv) pairs, like the peers table."""
-    import dataclasses
-
     import cute_kernels as ck
-    from cute_kernels.config import choose_config
     from test_cute_compile import traced, variants
 
     full_mask = variant == "noop_blockmask"  # what flex passes for noop: every block full
@@ -356,7 +353,7 @@ def bench(label, D=128, variant="none", S=8192, B=4, H=16, iters=50, **cfg_overr
         idx = torch.arange(S, device="cuda")
         zero = torch.zeros((), dtype=torch.long, device="cuda")
         density = mask_fn(zero, zero, idx.view(-1, 1), idx.view(1, -1)).float().mean().item()
-    cfg = dataclasses.replace(choose_config(D, D), **cfg_override) if cfg_override else None
+    cfg = _cfg(D, D, 128 if bs is not None else None, **cfg_override)
     f = lambda: ck.flash_attn_fwd(q, k, v, scale=D ** -0.5, block_sparse=bs, score_mod=ts,
                                   mask_mod=tm, _config=cfg)
     f()
