@@ -35,7 +35,7 @@ class FwdConfig:
     persistent: bool = False
     # ... taking their next tile from a global counter instead of a fixed stride (Note
     # [dynamic tile scheduler] in hopper_fwd.py); needs persistent. choose_config turns
-    # both on for head dims 128 and 256.
+    # both on for head dims 128 and 256, and for hdim 64 with three consumer warpgroups.
     dynamic: bool = False
     # sO gets its own buffer instead of aliasing sQ, so a tile releases Q after its last
     # QK^T and the next tile's Q loads during this tile's epilogue (Note [own sO] in

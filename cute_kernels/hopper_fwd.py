@@ -19,10 +19,9 @@ Structure (FA3/FA4 style):
 - epilogue: O -> 16-bit -> smem -> one TMA store; LSE from registers. sO has its own
   buffer where it fits (Note [own sO]), else aliases sQ.
 - persistent at head dims 128 / 256 and three-warpgroup 64 (config.choose_config): one
-  CTA per SM walks tiles
-  (Note [tile loop]), taking each next tile from a global counter (Note [dynamic tile
-  scheduler]); other head dims run one CTA per tile; FwdConfig can ask for any of the
-  three schedules, static round-robin persistence included.
+  CTA per SM walks tiles (Note [tile loop]), taking each next tile from a global counter
+  (Note [dynamic tile scheduler]); other head dims run one CTA per tile; FwdConfig can
+  ask for any of the three schedules, static round-robin persistence included.
 
 Constraints: fp16/bf16, head dims in config.SUPPORTED_HEAD_DIM_PAIRS, last dim of q/k/v/o
 contiguous and other strides 16-byte aligned (TMA).
@@ -404,8 +403,8 @@ class HopperFlexFwd:
         total = n_part + n_full
         # Note [Q first]: a fresh CTA loads Q first, then its K/V tiles, as FA3/FA4 do. A
         # persistent CTA loads its next tile's first K/V tile before Q instead: Q waits for
-        # the previous tile's epilogue to free sQ (it doubles as sO), and the K/V load
-        # overlaps that wait.
+        # the previous tile to release sQ (after its mainloop with its own sO, after its
+        # epilogue when sO aliases sQ: Note [own sO]), and the K/V load overlaps that wait.
         first = 0
         if const_expr(self.cfg.persistent):
             if total > 0:
