@@ -44,7 +44,9 @@ def _source_digest() -> str:
     """Hash of the kernel sources, so an edited kernel never loads a stale disk entry."""
     here = os.path.dirname(os.path.abspath(__file__))
     files = sorted(os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py"))
-    files.append(os.path.join(os.path.dirname(here), "mod_codegen", "emit_cute.py"))
+    # the mod_codegen modules that shape the generated CuTeDSL functions
+    files += [os.path.join(os.path.dirname(here), "mod_codegen", f)
+              for f in ("emit_base.py", "emit_cute.py", "affine.py")]
     h = hashlib.sha256()
     for f in files:
         if os.path.exists(f):

@@ -531,7 +531,8 @@ class HopperFlexFwd:
         loops with compile-time-specialized bodies (FA3/FA4's layout) made ptxas
         serialize the wgmmas at hdim 128 (C7512), one loop does not."""
         n_part, n_full, part_row, full_row = lists
-        mods = dict(thr_mma_qk=thr_mma_qk, softmax_scale=softmax_scale, seqlen_k=seqlen_k,
+        mods = dict(thr_mma_qk=thr_mma_qk, thr0_mma_qk=tiled_mma_qk.get_slice(0),
+                    softmax_scale=softmax_scale, seqlen_k=seqlen_k,
                     m_block=m_block, head_idx=head_idx, batch_idx=batch_idx,
                     aux_tensors=aux_tensors, aux_scalars=aux_scalars)
         mma = (acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk, tiled_mma_pv,
@@ -614,8 +615,8 @@ class HopperFlexFwd:
 
     @cute.jit
     def mods_masks_max(self, acc_S, n_block: Int32, apply_mask, may_be_tail: bool, softmax,
-                       thr_mma_qk, softmax_scale, seqlen_k, m_block, head_idx, batch_idx,
-                       aux_tensors, aux_scalars):
+                       thr_mma_qk, thr0_mma_qk, softmax_scale, seqlen_k, m_block, head_idx,
+                       batch_idx, aux_tensors, aux_scalars):
         """score_mod, then mask_mod (partial tiles only) and the seqlen tail mask, then the
         new row max; returns the max for softmax.step.
 
@@ -628,14 +629,16 @@ class HopperFlexFwd:
 
         apply_mask: a Python bool (compile-time) or a run-time Boolean.
         may_be_tail: whether this tile can be the seqlen tail (compile-time)."""
-        cS = cute.domain_offset((m_block * self.tile_m, n_block * self.tile_n),
-                                cute.make_identity_tensor((self.tile_m, self.tile_n)))
-        tScS = thr_mma_qk.partition_C(cS)
+        cS_tile = cute.make_identity_tensor((self.tile_m, self.tile_n))
+        tScS = thr_mma_qk.partition_C(
+            cute.domain_offset((m_block * self.tile_m, n_block * self.tile_n), cS_tile))
+        t0ScS = thr0_mma_qk.partition_C(cS_tile)  # compile-time columns (apply_mods.py)
         if const_expr(self.score_mod is not None):
-            apply_score_mod(acc_S, tScS, self.score_mod, batch_idx, head_idx, softmax_scale,
-                            aux_tensors[: self.n_score_bufs], aux_scalars[: self.n_score_scalars])
+            apply_score_mod(acc_S, tScS, t0ScS, self.score_mod, batch_idx, head_idx,
+                            softmax_scale, aux_tensors[: self.n_score_bufs],
+                            aux_scalars[: self.n_score_scalars])
         m_new = softmax.new_max_buffer()
-        mask_args = (acc_S, tScS, self.mask_mod, batch_idx, head_idx,
+        mask_args = (acc_S, tScS, t0ScS, self.mask_mod, batch_idx, head_idx,
                      aux_tensors[self.n_score_bufs:], aux_scalars[self.n_score_scalars:])
         has_mask = self.mask_mod is not None and apply_mask is not False
         if const_expr(not has_mask and not may_be_tail):
@@ -651,7 +654,7 @@ class HopperFlexFwd:
                         apply_mask_mod(*mask_args)
                 if const_expr(may_be_tail):
                     if is_tail:
-                        apply_seqlen_mask(acc_S, tScS, seqlen_k)
+                        apply_seqlen_mask(acc_S, tScS, t0ScS, seqlen_k)
                 softmax.update_max(acc_S, m_new)
             else:
                 softmax.update_max(acc_S, m_new)

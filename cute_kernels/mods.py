@@ -6,8 +6,12 @@ it per accumulator element with that element's (q_idx, kv_idx) from the MMA part
 of an identity tensor, so the function is inlined into the kernel body.
 
     score fn(score: Float32, b, h, q_idx, kv_idx: Int32, bufs: tuple[cute.Tensor],
-             scalars: tuple[Float32 | Int32]) -> Float32
-    mask  fn(b, h, q_idx, kv_idx, bufs, scalars) -> Boolean   (False = masked out)
+             scalars: tuple[Float32 | Int32], kv_base: Int32 = None, kv_off: int = 0) -> Float32
+    mask  fn(b, h, q_idx, kv_idx, bufs, scalars, kv_base=None, kv_off=0) -> Boolean
+                                                               (False = masked out)
+
+kv_base / kv_off: kv_idx == kv_base + kv_off with kv_off a compile-time int; a function
+may use them for cheaper index comparisons (see apply_mods.py) or ignore them.
 
 `bufs` / `scalars` are this mod's captured tensors and scalars, passed as kernel
 arguments, so new values never recompile. `mod_codegen.emit_cute` builds ModSpecs from
@@ -53,8 +57,10 @@ def from_traced(traced, kind: str) -> ModSpec:
     return ModSpec(kind, fn, buffer_specs, scalar_types, key=graph.key(), source=source)
 
 
-def _causal(b, h, q_idx, kv_idx, bufs, scalars):
-    return q_idx >= kv_idx
+def _causal(b, h, q_idx, kv_idx, bufs, scalars, kv_base=None, kv_off=0):
+    if kv_base is None:
+        return q_idx >= kv_idx
+    return q_idx - kv_base >= kv_off
 
 
 CAUSAL_MASK = ModSpec("mask", _causal, key="builtin:causal")

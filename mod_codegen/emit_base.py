@@ -34,17 +34,20 @@ class TextEmitter:
         """Statements computing every node, and the names of the outputs."""
         names: list[str] = []
         lines: list[str] = []
-        for i, n in enumerate(graph.nodes):
+        for i in range(len(graph.nodes)):
             name = f"{prefix}{i}"
-            if n.op in (Op.INPUT, Op.CONST, Op.SCALAR, Op.BUF_SIZE, Op.BUF_STRIDE):
-                expr = self.leaf(n)
-            elif n.op is Op.LOAD:
-                expr = self.load(n, names[n.args[0]])
-            elif n.op is Op.CAST:
-                expr = self.cast(n, graph.nodes[n.args[0]], names[n.args[0]])
-            else:
-                fmt = self.op_format(n, [graph.nodes[a] for a in n.args])
-                expr = fmt.format(*(names[a] for a in n.args))
-            lines.append(f"{name} = {expr}")
+            lines.append(f"{name} = {self.expression(graph, i, names)}")
             names.append(name)
         return lines, [names[o] for o in graph.outputs]
+
+    def expression(self, graph: Graph, i: int, names: list[str]) -> str:
+        """The right-hand side for node i; `names` holds the names of nodes 0 .. i-1."""
+        n = graph.nodes[i]
+        if n.op in (Op.INPUT, Op.CONST, Op.SCALAR, Op.BUF_SIZE, Op.BUF_STRIDE):
+            return self.leaf(n)
+        if n.op is Op.LOAD:
+            return self.load(n, names[n.args[0]])
+        if n.op is Op.CAST:
+            return self.cast(n, graph.nodes[n.args[0]], names[n.args[0]])
+        fmt = self.op_format(n, [graph.nodes[a] for a in n.args])
+        return fmt.format(*(names[a] for a in n.args))

@@ -3,8 +3,8 @@
 Each graph becomes one plain Python function that the kernel calls per accumulator
 element while it is being traced by CuTeDSL, so the mod is inlined into the kernel:
 
-    fn(score, b, h, q_idx, kv_idx, bufs, scalars) -> Float32   # score_mod
-    fn(b, h, q_idx, kv_idx, bufs, scalars) -> Boolean          # mask_mod
+    fn(score, b, h, q_idx, kv_idx, bufs, scalars, kv_base=None, kv_off=0) -> Float32
+    fn(b, h, q_idx, kv_idx, bufs, scalars, kv_base=None, kv_off=0) -> Boolean
 
 `bufs` are the captured tensors as `cute.Tensor` kernel arguments (sizes and strides are
 read from them at run time), `scalars` the captured scalars as Float32 / Int32 kernel
@@ -12,6 +12,11 @@ arguments: new values never recompile. The function has no Python control flow o
 runtime values (selects only), so it works inside any `@cute.jit` region.
 
 Bool captured tensors travel as uint8 (`runtime_buffers` does the view).
+
+Integer comparisons and int-to-float casts that are affine in kv_idx get a second,
+split form (mod_codegen.affine): a kernel that passes `kv_base` and a compile-time
+`kv_off` (kv_idx == kv_base + kv_off) gets one compare against an immediate per element
+and one conversion per row; without them the function computes the plain form.
 
 Float division is emitted as a multiply by `rcp.approx` (<= 2 ulp from IEEE division):
 IEEE `div.rn.f32` is a long instruction sequence, and it took tanh softcap with a
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .affine import KvSplit, kv_splits
 from .emit_base import TextEmitter
 from .ir import DType, Graph, Node, Op
 
@@ -30,6 +36,7 @@ INPUTS = {
     "mask_mod": ("b", "h", "q_idx", "kv_idx"),
 }
 _TYPES = {DType.F32: "Float32", DType.I32: "Int32", DType.BOOL: "Boolean"}
+_COMPARE_SYMBOLS = {Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.EQ: "==", Op.NE: "!="}
 
 PRELUDE = '''\
 import cutlass
@@ -84,6 +91,31 @@ class CuteEmitter(TextEmitter):
         if graph.kind not in INPUTS:
             raise ValueError(f"emit_cute has no {graph.kind} functions")
         self.graph = graph
+        self.splits = kv_splits(graph)
+
+    def expression(self, graph: Graph, i: int, names: list[str]) -> str:
+        plain = super().expression(graph, i, names)
+        split = self.splits.get(i)
+        if split is None:
+            return plain
+        return f"{self.split_expression(split, names)} if kv_base is not None else {plain}"
+
+    @staticmethod
+    def split_expression(split: KvSplit, names: list[str]) -> str:
+        """`row cmp imm` or `float(row) + float(imm)` (mod_codegen.affine.KvSplit)."""
+        form = split.form
+        parts = [(names[node], coef) for node, coef in form.terms] + [("kv_base", form.kv)]
+        parts.sort(key=lambda p: p[1] < 0)  # positive terms first: no leading negation
+        row = ""
+        for name, coef in parts:
+            term = name if abs(coef) == 1 else f"{name} * {abs(coef)}"
+            if not row:
+                row = term if coef > 0 else f"-({term})"
+            else:
+                row += (" + " if coef > 0 else " - ") + term
+        if split.kind == "cast":
+            return f"Float32({row}) + Float32(float({_offset_expr(form.kv, form.const)}))"
+        return f"({row}) {_COMPARE_SYMBOLS[split.op]} ({_offset_expr(-form.kv, -form.const)})"
 
     def leaf(self, node: Node) -> str:
         if node.op is Op.INPUT:
@@ -124,7 +156,7 @@ class CuteEmitter(TextEmitter):
         return super().op_format(node, operands)
 
     def function(self, name: str) -> str:
-        params = ", ".join(INPUTS[self.graph.kind] + ("bufs", "scalars"))
+        params = ", ".join(INPUTS[self.graph.kind] + ("bufs", "scalars", "kv_base=None", "kv_off=0"))
         lines, outs = self.body(self.graph)
         out_t = _TYPES[self.graph.nodes[self.graph.output].dtype]
         want = "Float32" if self.graph.kind == "score_mod" else "Boolean"
@@ -133,6 +165,12 @@ class CuteEmitter(TextEmitter):
             ret = f"({ret}) != 0" if want == "Boolean" else f"Float32({ret})"
         body = "\n".join(self.indent + ln for ln in lines + [f"return {ret}"])
         return f"def {name}({params}):\n{body}\n"
+
+
+def _offset_expr(coef: int, const: int) -> str:
+    """Source of `coef * kv_off + const`: a Python int when the kernel traces it."""
+    text = "kv_off" if coef == 1 else "-kv_off" if coef == -1 else f"{coef} * kv_off"
+    return text + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
 
 
 _FUNCTIONS: dict[str, Any] = {}

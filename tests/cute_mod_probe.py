@@ -23,8 +23,12 @@ from mod_codegen.emit_cute import cute_function, runtime_buffers, runtime_scalar
 _CUTE_TYPES = {"float32": Float32, "int64": cutlass.Int64, "int32": Int32, "bool": cutlass.Uint8}
 
 
+KV_OFF = 9  # the compile-time column offset of the split form (mod_codegen.affine)
+
+
 def probe_kernel(traced):
-    """A jit function: thread t evaluates the mod at q_idx = t, kv_idx = 3t - 7 (b=0, h=1)."""
+    """A jit function: thread t evaluates the mod at q_idx = t, kv_idx = 3t - 7 (b=0, h=1)
+    into out[t], and again in split form (kv_base = kv_idx - KV_OFF) into out[32 + t]."""
     fn, _ = cute_function(traced.graph)
     is_score = traced.kind == "score_mod"
 
@@ -33,11 +37,14 @@ def probe_kernel(traced):
         tidx, _, _ = cute.arch.thread_idx()
         q_idx = Int32(tidx)
         kv_idx = Int32(tidx) * 3 - 7
-        if cutlass.const_expr(is_score):
-            out[tidx] = fn(Float32(tidx) * Float32(0.25), Int32(0), Int32(1), q_idx, kv_idx, bufs, scalars)
-        else:
-            keep = fn(Int32(0), Int32(1), q_idx, kv_idx, bufs, scalars)
-            out[tidx] = Float32(1.0) if keep else Float32(0.0)
+        for split in cutlass.range_constexpr(2):
+            split_args = (kv_idx - KV_OFF, KV_OFF) if split else ()
+            if cutlass.const_expr(is_score):
+                out[tidx + 32 * split] = fn(Float32(tidx) * Float32(0.25), Int32(0), Int32(1), q_idx, kv_idx,
+                                            bufs, scalars, *split_args)
+            else:
+                keep = fn(Int32(0), Int32(1), q_idx, kv_idx, bufs, scalars, *split_args)
+                out[tidx + 32 * split] = Float32(1.0) if keep else Float32(0.0)
 
     @cute.jit
     def launch(out: cute.Tensor, bufs, scalars):
@@ -51,7 +58,7 @@ def expected(traced):
     inputs = {"b": torch.zeros(32, dtype=torch.long), "h": torch.ones(32, dtype=torch.long), "q_idx": idx,
               "kv_idx": idx * 3 - 7, "score": idx * 0.25}
     (value,) = evaluate(traced.graph, inputs, traced.buffers, traced.scalars)
-    return value.float()
+    return value.float().repeat(2)
 
 
 def main():
@@ -72,7 +79,7 @@ def main():
         if run_on_gpu:
             bufs = tuple(from_dlpack(t.cuda()) for t in runtime_buffers(traced)) or None
             scal = tuple(Float32(v) if isinstance(v, float) else Int32(v) for v in runtime_scalars(traced)) or None
-            out = torch.full((32,), float("nan"), device="cuda")
+            out = torch.full((64,), float("nan"), device="cuda")
             launch(from_dlpack(out), bufs, scal)
             torch.cuda.synchronize()
             err = (out.cpu() - expected(traced)).abs().max().item()
@@ -82,7 +89,7 @@ def main():
                                           stride=tuple(cute.sym_int64() for _ in range(b.ndim)))
                          for b in traced.graph.buffers) or None
             scal = tuple(Float32(0.0) if d.value == "f32" else Int32(0) for d in traced.graph.scalars) or None
-            out = make_fake_tensor(Float32, (32,), stride=(1,))
+            out = make_fake_tensor(Float32, (64,), stride=(1,))
             compiled = cute.compile(launch, out, bufs, scal, options="--keep-cubin")
             size = len(compiled.artifacts.CUBIN or b"")
             status = f"cubin {size} bytes" if size else "NO CUBIN"

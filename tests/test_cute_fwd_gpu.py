@@ -28,35 +28,35 @@ def _mods():
     def causal_t(b, h, q, kv):
         return q >= kv
 
-    def tail_rows_kernel(b, h, q, kv, bufs, scalars):
+    def tail_rows_kernel(b, h, q, kv, bufs, scalars, kv_base=None, kv_off=0):
         # rows < 64 fully masked, otherwise causal
         return (q >= 64) & (q >= kv)
 
     def tail_rows_t(b, h, q, kv):
         return (q >= 64) & (q >= kv)
 
-    def head_window_kernel(b, h, q, kv, bufs, scalars):
+    def head_window_kernel(b, h, q, kv, bufs, scalars, kv_base=None, kv_off=0):
         # a different window per (b, h): exercises non-broadcast BlockMask tables
         return (q >= kv) & (q - kv < 100 * (h + 1) + 50 * b)
 
     def head_window_t(b, h, q, kv):
         return (q >= kv) & (q - kv < 100 * (h + 1) + 50 * b)
 
-    def batch_window_kernel(b, h, q, kv, bufs, scalars):
+    def batch_window_kernel(b, h, q, kv, bufs, scalars, kv_base=None, kv_off=0):
         # a window per batch, the same for every head: a (B, 1, ...) BlockMask
         return (q >= kv) & (q - kv < 100 + 150 * b)
 
     def batch_window_t(b, h, q, kv):
         return (q >= kv) & (q - kv < 100 + 150 * b)
 
-    def only_head_window_kernel(b, h, q, kv, bufs, scalars):
+    def only_head_window_kernel(b, h, q, kv, bufs, scalars, kv_base=None, kv_off=0):
         # a window per head, the same for every batch: a (1, H, ...) BlockMask
         return (q >= kv) & (q - kv < 100 * (h + 1))
 
     def only_head_window_t(b, h, q, kv):
         return (q >= kv) & (q - kv < 100 * (h + 1))
 
-    def window_kernel(b, h, q, kv, bufs, scalars):
+    def window_kernel(b, h, q, kv, bufs, scalars, kv_base=None, kv_off=0):
         return (q >= kv) & (q - kv < 300)
 
     def window_t(b, h, q, kv):
