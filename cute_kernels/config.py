@@ -41,10 +41,15 @@ class FwdConfig:
     # QK^T and the next tile's Q loads during this tile's epilogue (Note [own sO] in
     # hopper_fwd.py). Costs tile_m x head_dim_v x 2 bytes of shared memory.
     separate_o: bool = False
+    # Q ring depth. 2: a persistent CTA loads its next tile's Q while this tile runs
+    # (Note [Q ring] in hopper_fwd.py); needs separate_o (an aliased sO is one Q buffer).
+    q_stages: int = 1
 
     def __post_init__(self):
         if self.dynamic and not self.persistent:
             raise ValueError("FwdConfig.dynamic needs persistent=True")
+        if self.q_stages not in (1, 2) or (self.q_stages == 2 and not self.separate_o):
+            raise ValueError("FwdConfig.q_stages is 1, or 2 with separate_o=True")
 
     @property
     def num_consumer_wgs(self) -> int:
@@ -52,7 +57,7 @@ class FwdConfig:
 
     def smem_bytes(self, elem_bytes: int = 2) -> int:
         if self.separate_o:
-            q = self.tile_m * (self.head_dim + self.head_dim_v)
+            q = self.tile_m * (self.q_stages * self.head_dim + self.head_dim_v)
         else:
             q = self.tile_m * max(self.head_dim, self.head_dim_v)  # sO aliases sQ
         kv = self.num_stages * self.tile_n * (self.head_dim + self.head_dim_v)
@@ -99,9 +104,13 @@ def choose_config(head_dim: int, head_dim_v: int, block_q: Optional[int] = None)
     # 391 -> 425; S=2048: noop 618 -> 644, causal 448 -> 473, sliding window 378 -> 399.
     # Otherwise 3 K/V stages where they fit (noop d128 S=8192 earlier: 707 vs 667 in one
     # run, 643 vs 646 in another).
+    # With its own sO, a second Q buffer where it fits (Note [Q ring]; hdim 128: 224 KiB):
+    # H200, fresh processes, median of 3, TFLOP/s one -> two Q buffers, S=2048: sliding
+    # window 410 -> 421, noop 636 -> 642, causal 500 -> 494; S=8192 within +-1% (session 6).
     candidates = [dict(num_stages=3), dict(num_stages=2)]
     if persistent:
-        candidates.insert(0, dict(num_stages=2, separate_o=True))
+        candidates[:0] = [dict(num_stages=2, separate_o=True, q_stages=2),
+                          dict(num_stages=2, separate_o=True)]
     for extra in candidates:
         cfg = FwdConfig(head_dim, head_dim_v, tile_n=tile_n, pingpong=pingpong,
                         persistent=persistent, dynamic=persistent, **extra)

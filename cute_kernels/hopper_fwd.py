@@ -17,7 +17,8 @@ Structure (FA3/FA4 style):
   (Note [pingpong], hdim <= 128).
 - masked launches walk q-tiles last-to-first (Note [LPT order]).
 - epilogue: O -> 16-bit -> smem -> one TMA store; LSE from registers. sO has its own
-  buffer where it fits (Note [own sO]), else aliases sQ.
+  buffer where it fits (Note [own sO]), else aliases sQ; at hdim 128 Q has two buffers,
+  so the next tile's Q loads during this one (Note [Q ring]).
 - persistent at head dims 128 / 256 and three-warpgroup 64 (config.choose_config): one
   CTA per SM walks tiles (Note [tile loop]), taking each next tile from a global counter
   (Note [dynamic tile scheduler]); other head dims run one CTA per tile; FwdConfig can
@@ -64,8 +65,8 @@ def _smem_layout(dtype, rows: int, cols: int, stages: Optional[int] = None):
     return cute.tile_to_shape(atom, (rows, cols, stages), order=(0, 1, 2))
 
 
-def _shared_storage(dtype, stages: int, q_elems: int, k_elems: int, v_elems: int, o_elems: int,
-                    separate_o: bool):
+def _shared_storage(dtype, stages: int, q_stages: int, q_elems: int, k_elems: int,
+                    v_elems: int, o_elems: int, separate_o: bool):
     """The kernel's shared memory struct. sO aliases sQ unless separate_o.
 
     Note [own sO]: with sO aliasing sQ, a persistent CTA can load its next tile's Q only
@@ -76,7 +77,7 @@ def _shared_storage(dtype, stages: int, q_elems: int, k_elems: int, v_elems: int
     the CTA exits). At hdim 128 it costs the third K/V stage (Q + O + 2 stages = 193 KiB)
     and still won everywhere (config.choose_config); at hdim 256 it does not fit."""
     fields = {
-        "mbar_q": cute.struct.MemRange[cutlass.Int64, 2],
+        "mbar_q": cute.struct.MemRange[cutlass.Int64, q_stages * 2],
         "mbar_k": cute.struct.MemRange[cutlass.Int64, stages * 2],
         "mbar_v": cute.struct.MemRange[cutlass.Int64, stages * 2],
         "mbar_tile": cute.struct.MemRange[cutlass.Int64, 2 * 2],  # Note [dynamic tile scheduler]
@@ -164,25 +165,28 @@ class HopperFlexFwd:
             Float32, atom_layout_mnk=(self.cfg.num_consumer_wgs, 1, 1),
             tiler_mn=(64, self.hdv), a_source=warpgroup.OperandSource.RMEM)
 
-        sQ_layout = _smem_layout(self.dtype, self.tile_m, self.hd)
+        q_stages = self.cfg.q_stages
+        sQ_layout = _smem_layout(self.dtype, self.tile_m, self.hd,
+                                 q_stages if const_expr(q_stages > 1) else None)
+        sQ_stage = cute.select(sQ_layout, mode=[0, 1]) if const_expr(q_stages > 1) else sQ_layout
         sK_layout = _smem_layout(self.dtype, self.tile_n, self.hd, self.num_stages)
         sV_layout = _smem_layout(self.dtype, self.tile_n, self.hdv, self.num_stages)
         sO_layout = _smem_layout(self.dtype, self.tile_m, self.hdv)
 
         g2s = cpasync.CopyBulkTensorTileG2SOp()
-        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(g2s, mQ, sQ_layout, (self.tile_m, self.hd))
+        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(g2s, mQ, sQ_stage, (self.tile_m, self.hd))
         tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(
             g2s, mK, cute.select(sK_layout, mode=[0, 1]), (self.tile_n, self.hd), 1)
         tma_atom_V, tma_V = cpasync.make_tiled_tma_atom(
             g2s, mV, cute.select(sV_layout, mode=[0, 1]), (self.tile_n, self.hdv), 1)
         tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
             cpasync.CopyBulkTensorTileS2GOp(), mO, sO_layout, (self.tile_m, self.hdv))
-        self.tx_q = cute.size_in_bytes(self.dtype, sQ_layout)
+        self.tx_q = cute.size_in_bytes(self.dtype, sQ_stage)
         self.tx_k = cute.size_in_bytes(self.dtype, cute.select(sK_layout, mode=[0, 1]))
         self.tx_v = cute.size_in_bytes(self.dtype, cute.select(sV_layout, mode=[0, 1]))
 
         self.shared_storage = _shared_storage(
-            self.dtype, self.num_stages, cute.cosize(sQ_layout), cute.cosize(sK_layout),
+            self.dtype, self.num_stages, q_stages, cute.cosize(sQ_layout), cute.cosize(sK_layout),
             cute.cosize(sV_layout), cute.cosize(sO_layout), self.cfg.separate_o)
 
         # Note [scale placement]: without a score_mod the scale folds into exp2's
@@ -231,7 +235,7 @@ class HopperFlexFwd:
         # PipelineTmaAsync releases with one elected lane per consumer warp.
         consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_threads // 32)
         pipe_q = pipeline.PipelineTmaAsync.create(
-            num_stages=1, producer_group=producer, consumer_group=consumers,
+            num_stages=self.cfg.q_stages, producer_group=producer, consumer_group=consumers,
             tx_count=self.tx_q, barrier_storage=storage.mbar_q.data_ptr(), defer_sync=True)
         pipe_k = pipeline.PipelineTmaAsync.create(
             num_stages=self.num_stages, producer_group=producer, consumer_group=consumers,
@@ -336,7 +340,7 @@ class HopperFlexFwd:
     @cute.jit
     def load(self, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
              pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, sched):
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.cfg.q_stages)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         args = (mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V, pipe_q, pipe_k,
                 pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse)
@@ -405,13 +409,19 @@ class HopperFlexFwd:
         # persistent CTA loads its next tile's first K/V tile before Q instead: Q waits for
         # the previous tile to release sQ (after its mainloop with its own sO, after its
         # epilogue when sO aliases sQ: Note [own sO]), and the K/V load overlaps that wait.
+        # Note [Q ring]: with two Q buffers (FwdConfig.q_stages) the previous tile holds
+        # the other one, so Q does not wait for it and goes first again: it is loaded as
+        # soon as the producer reaches this tile, about num_stages K/V tiles before the
+        # consumers finish the previous one, and has landed when they get here.
         first = 0
-        if const_expr(self.cfg.persistent):
+        if const_expr(self.cfg.persistent and self.cfg.q_stages == 1):
             if total > 0:
                 n_block, _ = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
                 state = self.load_kv(n_block, state, *kv)
             first = 1
         pipe_q.producer_acquire(q_state)
+        if const_expr(self.cfg.q_stages > 1):
+            tQsQ = tQsQ[None, q_state.index]
         cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
         q_state.advance()
         for t in cutlass.range(first, total, unroll=1):
@@ -446,7 +456,7 @@ class HopperFlexFwd:
         # rows per thread = row halves (2) x MMA_M of the ((2, 2, N/8), MMA_M, MMA_N) fragment
         softmax = OnlineSoftmax(scale_log2, s_shape[0][1] * s_shape[1])
 
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.cfg.q_stages)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         if const_expr(self.cfg.pingpong):
             # Note [pingpong]: the consumer warpgroups take turns issuing their GEMMs
@@ -504,6 +514,8 @@ class HopperFlexFwd:
         acc_S.fill(0.0)
         softmax.reset()
         pipe_q.consumer_wait(q_state)
+        if const_expr(self.cfg.q_stages > 1):
+            tSrQ = tSrQ[None, None, None, q_state.index]
         state = self.mainloop(state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg,
                               tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk,
                               softmax_scale, seqlen_k, m_block, head_idx, batch_idx, lists,

@@ -168,7 +168,7 @@ STATIC = {"persistent": True, "dynamic": False}  # round-robin persistent CTAs
 ONE_CTA = {"persistent": False, "dynamic": False}  # one CTA per tile
 
 
-ALIASED_O = {"separate_o": False, "num_stages": 3}  # sO in sQ's buffer (the hdim-256 default)
+ALIASED_O = {"separate_o": False, "num_stages": 3, "q_stages": 1}  # sO in sQ's buffer (the hdim-256 default)
 
 
 @pytest.mark.skipif(_ptxas() is None, reason="needs ptxas")

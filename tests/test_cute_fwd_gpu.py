@@ -236,9 +236,9 @@ def test_one_cta_per_tile_matches_float64_reference(case):
     assert r["ok"], f"seed={r['seed']}: {r}"
 
 
-# Both places for the epilogue's O tile (Note [own sO] in hopper_fwd.py): its own buffer (the
-# default at hdim 128) and aliasing sQ (the default at hdim 256, where both do not fit), under
-# both schedules that differ in when Q is released.
+# Both places for the epilogue's O tile (Note [own sO] in hopper_fwd.py): its own buffer, with
+# two Q buffers (the default at hdim 128, Note [Q ring]) or one, and aliasing sQ (the default
+# at hdim 256, where both do not fit), under both schedules that differ in when Q is released.
 O_BUFFER_CASES = [c for c in PERSISTENT_CASES if c[0] in (
     "noop d128", "gqa 8/2 d128", "causal sparse d128", "empty rows sparse d128",
     "empty rows dense d64")]
@@ -246,11 +246,12 @@ O_BUFFER_CASES = [c for c in PERSISTENT_CASES if c[0] in (
 
 @gpu
 @pytest.mark.parametrize("case", O_BUFFER_CASES, ids=[c[0] for c in O_BUFFER_CASES])
-@pytest.mark.parametrize("separate_o", [True, False], ids=["own-sO", "sO-aliases-sQ"])
+@pytest.mark.parametrize("buffers", [dict(separate_o=True, q_stages=2), dict(separate_o=True, q_stages=1),
+                                     dict(separate_o=False, q_stages=1)],
+                         ids=["own-sO-Q-ring", "own-sO", "sO-aliases-sQ"])
 @pytest.mark.parametrize("persistent", [True, False], ids=["dynamic", "one-cta"])
-def test_o_buffer_matches_float64_reference(case, separate_o, persistent):
-    r = run_case(case, persistent=persistent, dynamic=persistent, separate_o=separate_o,
-                 num_stages=2)
+def test_o_buffer_matches_float64_reference(case, buffers, persistent):
+    r = run_case(case, persistent=persistent, dynamic=persistent, num_stages=2, **buffers)
     assert r["ok"], f"seed={r['seed']}: {r}"
 
 
