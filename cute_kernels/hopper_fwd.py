@@ -144,7 +144,7 @@ class HopperFlexFwd:
         sparse,  # (cnt, idx, full_cnt | None, full_idx | None) or None
         num_sms: Int32,  # persistent grid size
         l2_heads: Int32,  # (batch, head) pairs whose K/V fit in L2 (Note [LPT order])
-        tile_counter: Optional[cute.Tensor],  # (1,) int32 zeros, FwdConfig.dynamic only
+        tile_counter: Optional[cute.Tensor],  # (2,) int32 zeros, FwdConfig.dynamic only
         aux_tensors,  # tuple: score_mod buffers then mask_mod buffers
         aux_scalars,  # tuple: score_mod scalars then mask_mod scalars
         stream: cuda.CUstream,
@@ -269,7 +269,8 @@ class HopperFlexFwd:
         # ids (heaviest first) is kept across CTAs. The producer warp fetches the next id
         # while its K/V loads are in flight and passes it to the consumer warpgroups through
         # a 2-slot ring (PipelineAsync; the mbarrier arrive/wait orders the slot's write and
-        # read). The host zeroes a fresh counter per launch.
+        # read). The counter starts at zero and the kernel leaves it at zero (Note
+        # [self-resetting counter]).
         ids = (cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m), cute.size(mQ.shape[2]),
                cute.size(mQ.shape[3]), l2_heads)  # (q tiles, q heads, batch, Note [LPT order])
         if warp_idx < 4:
@@ -365,6 +366,17 @@ class HopperFlexFwd:
                     taken = cute.arch.atomic_add(counter.iterator, Int32(1))
                 tile = cute.arch.shuffle_sync(taken, 0) + cute.arch.grid_dim()[0]
                 t_state = self.publish_tile(tile, t_state, pipe_tile, s_tile)
+            # Note [self-resetting counter]: counter = (next tile, CTAs done). Each CTA
+            # counts itself done after its last fetch; the last one to do so knows that
+            # no fetch is left in this launch and zeroes both words, so the next launch on
+            # the stream finds them zero without a memset kernel before it.
+            if cute.arch.lane_idx() == 0:
+                cute.arch.fence_acq_rel_gpu()
+                done = cute.arch.atomic_add(counter.iterator + 1, Int32(1))
+                if done == cute.arch.grid_dim()[0] - 1:
+                    cute.arch.fence_acq_rel_gpu()
+                    counter[0] = Int32(0)
+                    counter[1] = Int32(0)
 
     @cute.jit
     def publish_tile(self, tile, t_state, pipe_tile, s_tile):

@@ -547,3 +547,20 @@ def test_lpt_sections_with_a_remainder(monkeypatch):
                          torch.empty(1, 1, 1000, 128, dtype=torch.bfloat16)) == 4
     r = run_case(case)
     assert r["ok"], f"seed={r['seed']}: {r}"
+
+
+@gpu
+def test_tile_counter_is_left_at_zero():
+    """Note [self-resetting counter]: launches on one stream share the dynamic scheduler's
+    counter, so every launch must leave it at zero (a stale count skips tiles, which the
+    poisoned outputs of the next case would show)."""
+    from cute_kernels import interface
+
+    cases = [c for c in PERSISTENT_CASES if c[0] in ("causal sparse d128", "noop d128", "gqa 8/2 d128")]
+    for case in cases * 2:
+        r = run_case(case)
+        assert r["ok"], f"seed={r['seed']}: {r}"
+    torch.cuda.synchronize()
+    assert interface._TILE_COUNTERS, "no launch used the dynamic scheduler"
+    for key, counter in interface._TILE_COUNTERS.items():
+        assert counter.tolist() == [0, 0], (key, counter)
