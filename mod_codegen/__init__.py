@@ -5,6 +5,8 @@
     evaluate(traced.graph, ...)         # torch evaluator (emit_torch)
     score_mod_grad(traced.graph)        # d mod / d score and d mod / d buffers, as IR
     triton_mods(...)                    # @triton.jit functions (emit_triton)
+    cute_function(graph)                # CuTeDSL functions (emit_cute), with the per-row
+                                        # split forms of affine.kv_splits
 """
 from .ir import BufferSpec, DType, Graph, Node, Op, verify
 from .trace import TracedMod, UnsupportedModError, trace_cached, trace_mask_mod, trace_score_mod
