@@ -75,7 +75,8 @@ def _shared_storage(dtype, stages: int, q_stages: int, q_elems: int, k_elems: in
     release Q right after the mainloop, the producer loads the next Q during the epilogue,
     and the store is waited for only before the next epilogue writes sO (and once before
     the CTA exits). At hdim 128 it costs the third K/V stage (Q + O + 2 stages = 193 KiB)
-    and still won everywhere (config.choose_config); at hdim 256 it does not fit."""
+    and still won everywhere (config.choose_config); at hdim 256 it does not fit. With the
+    second Q buffer (Note [Q ring]) hdim 128 takes 225 KiB."""
     fields = {
         "mbar_q": cute.struct.MemRange[cutlass.Int64, q_stages * 2],
         "mbar_k": cute.struct.MemRange[cutlass.Int64, stages * 2],
@@ -186,8 +187,9 @@ class HopperFlexFwd:
         self.tx_v = cute.size_in_bytes(self.dtype, cute.select(sV_layout, mode=[0, 1]))
 
         self.shared_storage = _shared_storage(
-            self.dtype, self.num_stages, q_stages, cute.cosize(sQ_layout), cute.cosize(sK_layout),
-            cute.cosize(sV_layout), cute.cosize(sO_layout), self.cfg.separate_o)
+            self.dtype, self.num_stages, q_stages, cute.cosize(sQ_layout),
+            cute.cosize(sK_layout), cute.cosize(sV_layout), cute.cosize(sO_layout),
+            self.cfg.separate_o)
 
         # Note [scale placement]: without a score_mod the scale folds into exp2's
         # argument; with one, flex semantics apply the scale before the mod, so the
@@ -341,7 +343,8 @@ class HopperFlexFwd:
     @cute.jit
     def load(self, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
              pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, sched):
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.cfg.q_stages)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer,
+                                               self.cfg.q_stages)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         args = (mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V, pipe_q, pipe_k,
                 pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse)
@@ -468,7 +471,8 @@ class HopperFlexFwd:
         # rows per thread = row halves (2) x MMA_M of the ((2, 2, N/8), MMA_M, MMA_N) fragment
         softmax = OnlineSoftmax(scale_log2, s_shape[0][1] * s_shape[1])
 
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.cfg.q_stages)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer,
+                                               self.cfg.q_stages)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         if const_expr(self.cfg.pingpong):
             # Note [pingpong]: the consumer warpgroups take turns issuing their GEMMs

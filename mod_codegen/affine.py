@@ -83,7 +83,8 @@ def kv_splits(graph: Graph) -> dict[int, KvSplit]:
     kv_dependent: dict[int, bool] = {}
     splits: dict[int, KvSplit] = {}
     for i, n in enumerate(graph.nodes):
-        kv_dependent[i] = (n.op is Op.INPUT and n.attr == "kv_idx") or any(kv_dependent[a] for a in n.args)
+        is_kv = n.op is Op.INPUT and n.attr == "kv_idx"
+        kv_dependent[i] = is_kv or any(kv_dependent[a] for a in n.args)
         forms[i] = _affine_form(graph, i, forms, kv_dependent) if n.dtype is DType.I32 else None
         if n.op in COMPARE_OPS and graph.nodes[n.args[0]].dtype is DType.I32:
             a, b = (forms[x] for x in n.args)

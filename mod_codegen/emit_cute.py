@@ -156,7 +156,8 @@ class CuteEmitter(TextEmitter):
         return super().op_format(node, operands)
 
     def function(self, name: str) -> str:
-        params = ", ".join(INPUTS[self.graph.kind] + ("bufs", "scalars", "kv_base=None", "kv_off=0"))
+        extra = ("bufs", "scalars", "kv_base=None", "kv_off=0")
+        params = ", ".join(INPUTS[self.graph.kind] + extra)
         lines, outs = self.body(self.graph)
         out_t = _TYPES[self.graph.nodes[self.graph.output].dtype]
         want = "Float32" if self.graph.kind == "score_mod" else "Boolean"
