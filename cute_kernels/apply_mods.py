@@ -14,6 +14,11 @@ import cutlass.cute as cute
 from cutlass import Float32, Int32
 
 
+def kv_base(tScS: cute.Tensor, t0ScS: cute.Tensor):
+    """This thread's first column: kv_idx of element i == kv_base + kv_offset(t0ScS, i)."""
+    return tScS[0][1] - t0ScS[0][1]
+
+
 def kv_offset(t0ScS: cute.Tensor, i: int) -> int:
     """Element i's column in thread 0's fragment of the unshifted tile (trace time)."""
     kv_off = t0ScS[i][1]
@@ -35,11 +40,11 @@ def apply_score_mod(
     scalars,
 ):
     """acc_S <- score_mod(acc_S * scale, ...). The scale is applied first (flex semantics)."""
-    kv_base = tScS[0][1] - t0ScS[0][1]
+    base = kv_base(tScS, t0ScS)
     for i in cutlass.range_constexpr(cute.size(acc_S)):
         q_idx, kv_idx = tScS[i]
         acc_S[i] = score_mod.fn(acc_S[i] * softmax_scale, batch_idx, head_idx, q_idx, kv_idx,
-                                bufs, scalars, kv_base, kv_offset(t0ScS, i))
+                                bufs, scalars, base, kv_offset(t0ScS, i))
 
 
 @cute.jit
@@ -53,10 +58,10 @@ def apply_mask_mod(
     bufs,
     scalars,
 ):
-    kv_base = tScS[0][1] - t0ScS[0][1]
+    base = kv_base(tScS, t0ScS)
     for i in cutlass.range_constexpr(cute.size(acc_S)):
         q_idx, kv_idx = tScS[i]
-        keep = mask_mod.fn(batch_idx, head_idx, q_idx, kv_idx, bufs, scalars, kv_base,
+        keep = mask_mod.fn(batch_idx, head_idx, q_idx, kv_idx, bufs, scalars, base,
                            kv_offset(t0ScS, i))
         acc_S[i] = acc_S[i] if keep else -Float32.inf
 
@@ -65,6 +70,6 @@ def apply_mask_mod(
 def apply_seqlen_mask(acc_S: cute.Tensor, tScS: cute.Tensor, t0ScS: cute.Tensor,
                       seqlen_k: Int32):
     """kv_idx < seqlen_k, as kv_off < seqlen_k - kv_base: one compare per element."""
-    limit = seqlen_k - (tScS[0][1] - t0ScS[0][1])
+    limit = seqlen_k - kv_base(tScS, t0ScS)
     for i in cutlass.range_constexpr(cute.size(acc_S)):
         acc_S[i] = acc_S[i] if kv_offset(t0ScS, i) < limit else -Float32.inf

@@ -17,7 +17,7 @@ import torch
 
 from mod_codegen.emit_triton import mod_arguments, triton_function
 from mod_codegen.grad import score_mod_grad
-from mod_codegen.ir import DType, Graph, Op
+from mod_codegen.ir import DType, Graph, input_dependence
 from mod_codegen.kernel_args import BlockSparseTensors
 
 _EMPTY_ARGS = ((None,), (0,), (0,), (0,))
@@ -55,15 +55,8 @@ DEP_Q, DEP_KV, SKIP = 1, 2, 4
 
 
 def _dependence(graph: Graph) -> list[int]:
-    deps: list[int] = []
-    for n in graph.nodes:
-        d = 0
-        if n.op is Op.INPUT:
-            d = DEP_Q if n.attr == "q_idx" else DEP_KV if n.attr == "kv_idx" else 0
-        for a in n.args:
-            d |= deps[a]
-        deps.append(d)
-    return deps
+    on_q, on_kv = input_dependence(graph, "q_idx"), input_dependence(graph, "kv_idx")
+    return [DEP_Q * q + DEP_KV * kv for q, kv in zip(on_q, on_kv)]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .ir import COMPARE_OPS, DType, Graph, Op
+from .ir import COMPARE_OPS, DType, Graph, Op, input_dependence
 
 # Coefficients and constants beyond these are treated as non-affine, so the rewrite
 # never touches hash-like arithmetic whose int32 wrap-around is the point.
@@ -80,11 +80,9 @@ def kv_splits(graph: Graph) -> dict[int, KvSplit]:
     """The nodes of `graph` that have a split form: integer comparisons and int-to-float
     casts whose value depends on kv_idx only through an affine expression."""
     forms: dict[int, Optional[Affine]] = {}
-    kv_dependent: dict[int, bool] = {}
+    kv_dependent = input_dependence(graph, "kv_idx")
     splits: dict[int, KvSplit] = {}
     for i, n in enumerate(graph.nodes):
-        is_kv = n.op is Op.INPUT and n.attr == "kv_idx"
-        kv_dependent[i] = is_kv or any(kv_dependent[a] for a in n.args)
         forms[i] = _affine_form(graph, i, forms, kv_dependent) if n.dtype is DType.I32 else None
         if n.op in COMPARE_OPS and graph.nodes[n.args[0]].dtype is DType.I32:
             a, b = (forms[x] for x in n.args)
@@ -98,7 +96,7 @@ def kv_splits(graph: Graph) -> dict[int, KvSplit]:
     return splits
 
 
-def _affine_form(graph: Graph, i: int, forms: dict, kv_dependent: dict) -> Optional[Affine]:
+def _affine_form(graph: Graph, i: int, forms: dict, kv_dependent: list) -> Optional[Affine]:
     n = graph.nodes[i]
     if n.op is Op.INPUT and n.attr == "kv_idx":
         return Affine(kv=1)

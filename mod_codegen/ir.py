@@ -249,12 +249,17 @@ def prune(graph: Graph) -> Graph:
     return Graph(nodes, tuple(remap[o] for o in graph.outputs), graph.buffers, graph.scalars, graph.kind)
 
 
+def input_dependence(graph: Graph, input_name: str) -> list[bool]:
+    """Per node, whether its value depends on the named input."""
+    deps: list[bool] = []
+    for n in graph.nodes:
+        deps.append((n.op is Op.INPUT and n.attr == input_name) or any(deps[a] for a in n.args))
+    return deps
+
+
 def depends_on(graph: Graph, node: int, input_name: str) -> bool:
     """Whether `node`'s value depends on the named input."""
-    seen: dict[int, bool] = {}
-    for i, n in enumerate(graph.nodes[: node + 1]):
-        seen[i] = (n.op is Op.INPUT and n.attr == input_name) or any(seen[a] for a in n.args)
-    return seen[node]
+    return input_dependence(graph, input_name)[node]
 
 
 def verify(graph: Graph) -> None:
