@@ -20,10 +20,10 @@ from cutlass import Int32, const_expr
 
 
 @cute.jit
-def sparse_row(sparse, batch_idx: Int32, head_idx: Int32, m_block: Int32,
-               q_ratio: cutlass.Constexpr, kv_ratio: cutlass.Constexpr):
-    """The q-tile's BlockMask row: (#partial tiles, #full tiles, partial-list row,
-    full-list row). A row is (index tensor, b', h', q-block), the full one None if absent.
+def sparse_rows(sparse, batch_idx: Int32, head_idx: Int32, m_block: Int32,
+                q_ratio: cutlass.Constexpr):
+    """The q-tile's BlockMask rows (partial list, full list or None), without loading
+    anything. A row is (index tensor, b', h', q-block).
 
     Not a 1-D view of the tensor: a view's base pointer is one more 64-bit value live
     across the mainloop, and the two of them made ptxas serialize the wgmmas at hdim 128
@@ -32,13 +32,22 @@ def sparse_row(sparse, batch_idx: Int32, head_idx: Int32, m_block: Int32,
     b = batch_idx % cnt.shape[0]
     h = head_idx % cnt.shape[1]
     qb = m_block // q_ratio
+    full_row = None if const_expr(full_cnt is None) else (full_idx, b, h, qb)
+    return (idx, b, h, qb), full_row
+
+
+@cute.jit
+def sparse_row(sparse, batch_idx: Int32, head_idx: Int32, m_block: Int32,
+               q_ratio: cutlass.Constexpr, kv_ratio: cutlass.Constexpr):
+    """The q-tile's BlockMask row: (#partial tiles, #full tiles, partial-list row,
+    full-list row), the rows as in sparse_rows."""
+    cnt, _, full_cnt, _ = sparse
+    part_row, full_row = sparse_rows(sparse, batch_idx, head_idx, m_block, q_ratio)
+    _, b, h, qb = part_row
     num_partial = cnt[b, h, qb] * kv_ratio
-    part_row = (idx, b, h, qb)
     num_full = Int32(0)
-    full_row = None
     if const_expr(full_cnt is not None):
         num_full = full_cnt[b, h, qb] * kv_ratio
-        full_row = (full_idx, b, h, qb)
     return num_partial, num_full, part_row, full_row
 
 

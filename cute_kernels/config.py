@@ -44,12 +44,20 @@ class FwdConfig:
     # Q ring depth. 2: a persistent CTA loads its next tile's Q while this tile runs
     # (Note [Q ring] in hopper_fwd.py); needs separate_o (an aliased sO is one Q buffer).
     q_stages: int = 1
+    # A tile's end (last P V, epilogue) overlaps the next tile's start (first QK^T and
+    # softmax) inside the pingpong schedule, with per-warpgroup epilogues (Note [cross-tile
+    # overlap] in hopper_fwd.py); needs dynamic, q_stages == 2 (the next Q is already
+    # loaded) and two consumer warpgroups.
+    tile_overlap: bool = False
 
     def __post_init__(self):
         if self.dynamic and not self.persistent:
             raise ValueError("FwdConfig.dynamic needs persistent=True")
         if self.q_stages not in (1, 2) or (self.q_stages == 2 and not self.separate_o):
             raise ValueError("FwdConfig.q_stages is 1, or 2 with separate_o=True")
+        if self.tile_overlap and not (self.dynamic and self.q_stages == 2 and self.tile_m == 128):
+            # two warpgroups: the only shape it was measured and tested with on the GPU
+            raise ValueError("FwdConfig.tile_overlap needs dynamic=True, q_stages=2 and tile_m=128")
 
     @property
     def num_consumer_wgs(self) -> int:
@@ -107,9 +115,16 @@ def choose_config(head_dim: int, head_dim_v: int, block_q: Optional[int] = None)
     # With its own sO, a second Q buffer where it fits (Note [Q ring]; hdim 128: 224 KiB):
     # H200, fresh processes, median of 3, TFLOP/s one -> two Q buffers, S=2048: sliding
     # window 410 -> 421, noop 636 -> 642, causal 500 -> 494; S=8192 within +-1% (session 6).
+    # With the Q ring, Note [cross-tile overlap] where there is a BlockMask. H200, fresh
+    # processes, two rounds alternating, TFLOP/s without -> with, S=8192: causal 678 -> 689,
+    # sliding window 528 -> 540, document 442 -> 447, ALiBi 594 -> 604, softcap 513 -> 515;
+    # S=2048: causal 492 -> 517, sliding window 424 -> 433, ALiBi 429 -> 427 (session 7).
+    # Without a BlockMask (dense noop) it was even or behind at S=8192 in each of three rounds
+    # (means 696 -> 685) and even at 2048 (596 -> 592), so dense calls keep consume_tile.
     candidates = [dict(num_stages=3), dict(num_stages=2)]
     if persistent:
-        candidates[:0] = [dict(num_stages=2, separate_o=True, q_stages=2),
+        candidates[:0] = [dict(num_stages=2, separate_o=True, q_stages=2,
+                               tile_overlap=block_q is not None),
                           dict(num_stages=2, separate_o=True)]
     for extra in candidates:
         cfg = FwdConfig(head_dim, head_dim_v, tile_n=tile_n, pingpong=pingpong,

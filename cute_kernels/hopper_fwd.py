@@ -23,6 +23,8 @@ Structure (FA3/FA4 style):
   CTA per SM walks tiles (Note [tile loop]), taking each next tile from a global counter
   (Note [dynamic tile scheduler]); other head dims run one CTA per tile; FwdConfig can
   ask for any of the three schedules, static round-robin persistence included.
+- at hdim 128 with a BlockMask, a tile's end overlaps the next tile's start inside the
+  pingpong schedule, with a per-warpgroup epilogue (Note [cross-tile overlap]).
 
 Constraints: fp16/bf16, head dims in config.SUPPORTED_HEAD_DIM_PAIRS, last dim of q/k/v/o
 contiguous and other strides 16-byte aligned (TMA).
@@ -41,7 +43,7 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.utils import LayoutEnum
 
-from .block_sparse import sparse_row, sparse_tile
+from .block_sparse import sparse_row, sparse_rows, sparse_tile
 from .config import FwdConfig
 from .fragments import as_mn, as_operand_a, store_16bit, transpose_smem_view
 from .apply_mods import apply_mask_mod, apply_score_mod, apply_seqlen_mask
@@ -53,6 +55,7 @@ BAR_EPILOGUE_SQ_FREE = 1
 BAR_EPILOGUE_SO_READY = 2
 BAR_EPILOGUE_SO_FREE = 3
 BAR_SCHED_WG0 = 4  # 4, 5 (, 6): one per consumer warpgroup
+BAR_WG_EPILOGUE0 = 7  # 7..10: two per consumer warpgroup (Note [cross-tile overlap])
 
 
 def _smem_layout(dtype, rows: int, cols: int, stages: Optional[int] = None):
@@ -172,7 +175,12 @@ class HopperFlexFwd:
         sQ_stage = cute.select(sQ_layout, mode=[0, 1]) if const_expr(q_stages > 1) else sQ_layout
         sK_layout = _smem_layout(self.dtype, self.tile_n, self.hd, self.num_stages)
         sV_layout = _smem_layout(self.dtype, self.tile_n, self.hdv, self.num_stages)
-        sO_layout = _smem_layout(self.dtype, self.tile_m, self.hdv)
+        # a per-warpgroup epilogue stores each warpgroup's 64 rows on its own
+        # (Note [cross-tile overlap]): one (64, dv) stage per warpgroup
+        o_rows = 64 if const_expr(self.cfg.tile_overlap) else self.tile_m
+        sO_layout = _smem_layout(self.dtype, o_rows, self.hdv,
+                                 self.cfg.num_consumer_wgs if const_expr(o_rows == 64) else None)
+        sO_stage = cute.select(sO_layout, mode=[0, 1]) if const_expr(o_rows == 64) else sO_layout
 
         g2s = cpasync.CopyBulkTensorTileG2SOp()
         tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(g2s, mQ, sQ_stage, (self.tile_m, self.hd))
@@ -181,7 +189,7 @@ class HopperFlexFwd:
         tma_atom_V, tma_V = cpasync.make_tiled_tma_atom(
             g2s, mV, cute.select(sV_layout, mode=[0, 1]), (self.tile_n, self.hdv), 1)
         tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileS2GOp(), mO, sO_layout, (self.tile_m, self.hdv))
+            cpasync.CopyBulkTensorTileS2GOp(), mO, sO_stage, (o_rows, self.hdv))
         self.tx_q = cute.size_in_bytes(self.dtype, sQ_stage)
         self.tx_k = cute.size_in_bytes(self.dtype, cute.select(sK_layout, mode=[0, 1]))
         self.tx_v = cute.size_in_bytes(self.dtype, cute.select(sV_layout, mode=[0, 1]))
@@ -329,6 +337,26 @@ class HopperFlexFwd:
             else:
                 n_full = total
         return n_part, n_full, part_row, full_row
+
+    @cute.jit
+    def visit_rows(self, m_block, head_idx, batch_idx, sparse):
+        """visit_lists' two rows without its loads (None, None without sparsity)."""
+        part_row, full_row = None, None
+        if const_expr(self.has_sparse):
+            part_row, full_row = sparse_rows(sparse, batch_idx, head_idx, m_block, self.q_ratio)
+        return part_row, full_row
+
+    @cute.jit
+    def tile_work(self, tile, n_tiles, ids, seqlen_k, sparse):
+        """(m_block, head, batch, #partial tiles, #full tiles) of a tile id; zeros for
+        the id past the last tile that ends a dynamic schedule."""
+        m_block, head_idx, batch_idx = Int32(0), Int32(0), Int32(0)
+        n_part, n_full = Int32(0), Int32(0)
+        if tile < n_tiles:
+            m_block, head_idx, batch_idx = self.decode_tile(tile, ids)
+            n_part, n_full, _, _ = self.visit_lists(m_block, head_idx, batch_idx, seqlen_k,
+                                                    sparse)
+        return m_block, head_idx, batch_idx, n_part, n_full
 
     @cute.jit
     def list_tile(self, row, t: Int32, seqlen_k: Int32) -> Int32:
@@ -497,6 +525,8 @@ class HopperFlexFwd:
             while tile < num_m * n_h * n_b:
                 q_state, state = self.consume_tile(tile, q_state, state, frags, *args)
                 tile += cute.arch.grid_dim()[0]
+        elif const_expr(self.cfg.tile_overlap):
+            self.consume_overlapped(q_state, state, frags, sched, *args)
         else:
             num_m, n_h, n_b, _ = ids
             pipe_tile, s_tile, _ = sched
@@ -507,8 +537,15 @@ class HopperFlexFwd:
                 tile, t_state = self.receive_tile(t_state, pipe_tile, s_tile)
         if const_expr(self.cfg.separate_o):
             # the last O store must read sO before the CTA exits (Note [own sO])
-            if warp_idx == 4:
+            if self.store_warp(warp_idx):
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
+
+    def store_warp(self, warp_idx):
+        """Whether this warp issues (and waits for) the O stores: the first consumer warp,
+        or each consumer warpgroup's first warp with per-warpgroup epilogues."""
+        if const_expr(self.cfg.tile_overlap):
+            return warp_idx % 4 == 0
+        return warp_idx == 4
 
     @cute.jit
     def consume_tile(self, tile, q_state, state, frags, mO, mLSE, mMax, sO, tma_atom_O,
@@ -549,6 +586,110 @@ class HopperFlexFwd:
         return q_state, state
 
     @cute.jit
+    def consume_overlapped(self, q_state, state, frags, sched, mO, mLSE, mMax, sO, tma_atom_O,
+                           tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k, pipe_v, tidx, warp_idx,
+                           softmax_scale, seqlen_k, ids, sparse, aux_tensors, aux_scalars):
+        """The dynamic tile loop with Note [cross-tile overlap].
+
+        Note [cross-tile overlap]: in consume_tile every q-tile starts with a QK^T and a
+        softmax that have no P V to overlap with, and ends with a P V and an epilogue
+        that have no QK^T to overlap with; the epilogue's barriers make both warpgroups
+        reach that point together, so the tensor cores idle there (about 1.3-1.8 KV
+        steps per tile, NOTES.md). Here the tile boundary is one more pingpong turn: a
+        warpgroup issues its last P V, then the next tile's first QK^T, hands the turn
+        over, and runs its epilogue (once the P V is done) and the next tile's first
+        softmax while the other warpgroup's GEMMs run. For that the epilogue is per
+        warpgroup: each stores its own 64 rows from its own sO stage behind its own
+        named barriers. The loop carries the next tile's first P, so the register
+        fragments live across tiles (as they do across KV steps). The next tile's Q is
+        in the second Q buffer (Note [Q ring]); its Q and first K are waited for after
+        the P V is issued. The id past the last tile decodes to zero KV tiles.
+        With the shared epilogue, the same overlap lost 2-4% on the sliding window and
+        document masks: the warpgroups still met at the epilogue barrier."""
+        s_shape, wg_mma_pv, tSrQ, tSrK, tOrVt, softmax, wg, thr_mma_qk = frags
+        num_m, n_h, n_b, _ = ids
+        n_tiles = num_m * n_h * n_b
+        pipe_tile, s_tile, _ = sched
+        acc_S = cute.make_rmem_tensor(s_shape, Float32)
+        acc_O = cute.make_rmem_tensor(wg_mma_pv.partition_shape_C((self.tile_m, self.hdv)), Float32)
+        tOrP = wg_mma_pv.make_fragment_A(wg_mma_pv.partition_shape_A((self.tile_m, self.tile_n)))
+        acc_S.fill(0.0)
+        acc_O.fill(0.0)
+        t_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 2)
+        tile, t_state = self.receive_tile(t_state, pipe_tile, s_tile)
+        m_block, head_idx, batch_idx, n_part, n_full = self.tile_work(tile, n_tiles, ids,
+                                                                      seqlen_k, sparse)
+        state_v = state.clone()
+        if tile < n_tiles:
+            pipe_q.consumer_wait(q_state)
+        if n_part + n_full > 0:
+            part_row, full_row = self.visit_rows(m_block, head_idx, batch_idx, sparse)
+            n_block, is_partial = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
+            pipe_k.consumer_wait(state)
+            _gemm(tiled_mma_qk, acc_S, tSrQ[None, None, None, q_state.index],
+                  tSrK[None, None, None, state.index], zero_init=True, wait=0)
+            pipe_k.consumer_release(state)
+            self.first_softmax(acc_S, tOrP, n_block, is_partial, softmax,
+                               self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k,
+                                             m_block, head_idx, batch_idx, aux_tensors,
+                                             aux_scalars))
+            state_v = state.clone()
+            state.advance()
+        while tile < n_tiles:
+            # the rest of this tile's KV steps
+            part_row, full_row = self.visit_rows(m_block, head_idx, batch_idx, sparse)
+            mods = self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block,
+                                 head_idx, batch_idx, aux_tensors, aux_scalars)
+            mma = (acc_S, acc_O, tSrQ[None, None, None, q_state.index], tSrK, tOrVt, tOrP,
+                   softmax, wg, tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v)
+            total = n_part + n_full
+            for t in cutlass.range(1, total, unroll=1):
+                n_block, is_partial = self.visit_tile(t, n_part, part_row, full_row, seqlen_k)
+                state, state_v = self.overlapped_step(n_block, is_partial, state, state_v, *mma,
+                                                      mods)
+            pipe_q.consumer_release(q_state)  # every QK^T of this tile is done
+            q_state.advance()
+            # the boundary: this tile's last P V, the next tile's first QK^T
+            nxt, t_state = self.receive_tile(t_state, pipe_tile, s_tile)
+            nxt_m, nxt_h, nxt_b, nxt_part, nxt_full = self.tile_work(nxt, n_tiles, ids,
+                                                                     seqlen_k, sparse)
+            nxt_work = nxt_part + nxt_full > 0
+            self.sched_sync(wg)
+            if total > 0:
+                pipe_v.consumer_wait(state_v)
+                _gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, state_v.index],
+                      zero_init=False, wait=-1)
+            if nxt < n_tiles:
+                pipe_q.consumer_wait(q_state)
+            if nxt_work:
+                pipe_k.consumer_wait(state)
+            # Issued even without a next tile (then it reads whatever the slots hold and
+            # is discarded): issued under `if`, ptxas serialized every wgmma (C7515).
+            _gemm(tiled_mma_qk, acc_S, tSrQ[None, None, None, q_state.index],
+                  tSrK[None, None, None, state.index], zero_init=True, wait=-1)
+            self.sched_arrive(wg)
+            warpgroup.wait_group(1)  # the P V (committed first) is done
+            if total > 0:
+                pipe_v.consumer_release(state_v)
+            self.epilogue(acc_O, softmax, mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_pv, tidx,
+                          warp_idx, m_block, head_idx, batch_idx)
+            softmax.reset()
+            warpgroup.wait_group(0)
+            acc_O.fill(0.0)  # after the wait: Note in epilogue
+            if nxt_work:
+                pipe_k.consumer_release(state)
+                nxt_rows = self.visit_rows(nxt_m, nxt_h, nxt_b, sparse)
+                n_block, is_partial = self.visit_tile(Int32(0), nxt_part, *nxt_rows, seqlen_k)
+                self.first_softmax(acc_S, tOrP, n_block, is_partial, softmax,
+                                   self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale,
+                                                 seqlen_k, nxt_m, nxt_h, nxt_b, aux_tensors,
+                                                 aux_scalars))
+                state_v = state.clone()
+                state.advance()
+            tile, m_block, head_idx, batch_idx = nxt, nxt_m, nxt_h, nxt_b
+            n_part, n_full = nxt_part, nxt_full
+
+    @cute.jit
     def mainloop(self, state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk,
                  tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk, softmax_scale, seqlen_k, m_block,
                  head_idx, batch_idx, lists, aux_tensors, aux_scalars):
@@ -559,10 +700,8 @@ class HopperFlexFwd:
         loops with compile-time-specialized bodies (FA3/FA4's layout) made ptxas
         serialize the wgmmas at hdim 128 (C7512), one loop does not."""
         n_part, n_full, part_row, full_row = lists
-        mods = dict(thr_mma_qk=thr_mma_qk, thr0_mma_qk=tiled_mma_qk.get_slice(0),
-                    softmax_scale=softmax_scale, seqlen_k=seqlen_k,
-                    m_block=m_block, head_idx=head_idx, batch_idx=batch_idx,
-                    aux_tensors=aux_tensors, aux_scalars=aux_scalars)
+        mods = self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block,
+                             head_idx, batch_idx, aux_tensors, aux_scalars)
         mma = (acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk, tiled_mma_pv,
                pipe_k, pipe_v)
         total = n_part + n_full
@@ -572,9 +711,7 @@ class HopperFlexFwd:
             _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
                   zero_init=True, wait=0)
             pipe_k.consumer_release(state)
-            m_new = self.mods_masks_max(acc_S, n_block, is_partial, True, softmax, **mods)
-            softmax.step(acc_S, m_new)
-            store_16bit(as_operand_a(acc_S), tOrP)  # Note [P conversion]
+            self.first_softmax(acc_S, tOrP, n_block, is_partial, softmax, mods)
             state_v = state.clone()
             state.advance()
             for t in cutlass.range(1, total, unroll=1):
@@ -586,6 +723,22 @@ class HopperFlexFwd:
                   zero_init=False, wait=0)
             pipe_v.consumer_release(state_v)
         return state
+
+    def mod_args(self, thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block, head_idx,
+                 batch_idx, aux_tensors, aux_scalars):
+        """mods_masks_max's keyword arguments for one q-tile."""
+        return dict(thr_mma_qk=thr_mma_qk, thr0_mma_qk=tiled_mma_qk.get_slice(0),
+                    softmax_scale=softmax_scale, seqlen_k=seqlen_k, m_block=m_block,
+                    head_idx=head_idx, batch_idx=batch_idx, aux_tensors=aux_tensors,
+                    aux_scalars=aux_scalars)
+
+    @cute.jit
+    def first_softmax(self, acc_S, tOrP, n_block, is_partial, softmax, mods):
+        """A q-tile's first KV tile after its QK^T: mods, masks, softmax, P. The O
+        accumulator is still zero, so its row scale is not needed."""
+        m_new = self.mods_masks_max(acc_S, n_block, is_partial, True, softmax, **mods)
+        softmax.step(acc_S, m_new)
+        store_16bit(as_operand_a(acc_S), tOrP)  # Note [P conversion]
 
     @cute.jit
     def visit_tile(self, t: Int32, n_part: Int32, part_row, full_row, seqlen_k: Int32):
@@ -692,9 +845,13 @@ class HopperFlexFwd:
     def epilogue(self, acc_O, softmax, mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_pv, tidx,
                  warp_idx, m_block, head_idx, batch_idx):
         inv_sum, lse, row_max = softmax.finalize()
-        rescale_rows(acc_O, inv_sum)
+        # acc_O is read, not rescaled in place: with Note [cross-tile overlap] the next
+        # tile's QK^T is in flight here, and ptxas serializes the wgmmas (C7515) when
+        # accumulator registers are written inside a wgmma pipeline stage.
         rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
-        rO.store(acc_O.load().to(self.dtype))
+        o_mn, r_mn = as_mn(acc_O), as_mn(rO)
+        for r in cutlass.range_constexpr(cute.size(inv_sum)):
+            r_mn[r, None].store((o_mn[r, None].load() * inv_sum[r]).to(self.dtype))
 
         # Row stats: the thread holding column 0 of a row writes it.
         seqlen_q = mLSE.shape[2]
@@ -710,21 +867,37 @@ class HopperFlexFwd:
 
         # Aliased sO (sQ): every consumer warpgroup must be past its last QK^T. Own sO:
         # the previous tile's O store must have read it (only the issuing warp can wait).
+        # Per warpgroup (Note [cross-tile overlap]): each warpgroup stores its own 64 rows
+        # from its own sO stage, so the warpgroups never wait for each other here.
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        o_rows, o_tile, copy_mma, copy_tidx, sO_here = self.tile_m, m_block, tiled_mma_pv, tidx, sO
+        bar_free, bar_ready = BAR_EPILOGUE_SQ_FREE, BAR_EPILOGUE_SO_READY
+        n_sync = self.num_consumer_threads
+        if const_expr(self.cfg.tile_overlap):
+            o_rows, o_tile = 64, m_block * self.cfg.num_consumer_wgs + wg
+            bar_free, bar_ready = BAR_WG_EPILOGUE0 + 2 * wg, BAR_WG_EPILOGUE0 + 2 * wg + 1
+            n_sync = 128
+            copy_mma = sm90_utils.make_trivial_tiled_mma(
+                self.dtype, self.dtype, warpgroup.OperandMajorMode.K,
+                warpgroup.OperandMajorMode.MN, Float32, atom_layout_mnk=(1, 1, 1),
+                tiler_mn=(64, self.hdv), a_source=warpgroup.OperandSource.RMEM)
+            copy_tidx, sO_here = tidx % 128, sO[None, None, wg]
+        store_warp = self.store_warp(warp_idx)
         if const_expr(self.cfg.separate_o):
-            if warp_idx == 4:
+            if store_warp:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
-        cute.arch.barrier(barrier_id=BAR_EPILOGUE_SQ_FREE, number_of_threads=self.num_consumer_threads)
+        cute.arch.barrier(barrier_id=bar_free, number_of_threads=n_sync)
         st_atom = cute.make_copy_atom(
             cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
-        thr_copy = cute.make_tiled_copy_C(st_atom, tiled_mma_pv).get_slice(tidx)
-        cute.copy(st_atom, thr_copy.retile(rO), thr_copy.partition_D(sO))
+        thr_copy = cute.make_tiled_copy_C(st_atom, copy_mma).get_slice(copy_tidx)
+        cute.copy(st_atom, thr_copy.retile(rO), thr_copy.partition_D(sO_here))
         cute.arch.fence_view_async_shared()
-        cute.arch.barrier(barrier_id=BAR_EPILOGUE_SO_READY, number_of_threads=self.num_consumer_threads)
-        if warp_idx == 4:
-            gO = cute.local_tile(mO[None, None, head_idx, batch_idx], (self.tile_m, self.hdv),
-                                 (m_block, 0))
+        cute.arch.barrier(barrier_id=bar_ready, number_of_threads=n_sync)
+        if store_warp:
+            gO = cute.local_tile(mO[None, None, head_idx, batch_idx], (o_rows, self.hdv),
+                                 (o_tile, 0))
             tOsO, tOgO = cpasync.tma_partition(tma_atom_O, 0, cute.make_layout(1),
-                                               cute.group_modes(sO, 0, 2),
+                                               cute.group_modes(sO_here, 0, 2),
                                                cute.group_modes(gO, 0, 2))
             cute.copy(tma_atom_O, tOsO, tOgO)
             cute.arch.cp_async_bulk_commit_group()

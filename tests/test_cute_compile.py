@@ -164,22 +164,26 @@ def _ptxas():
         "/usr/local/cuda/bin/ptxas" if os.path.exists("/usr/local/cuda/bin/ptxas") else None)
 
 
-STATIC = {"persistent": True, "dynamic": False}  # round-robin persistent CTAs
-ONE_CTA = {"persistent": False, "dynamic": False}  # one CTA per tile
-
-
-ALIASED_O = {"separate_o": False, "num_stages": 3, "q_stages": 1}  # sO in sQ's buffer (the hdim-256 default)
+# round-robin persistent CTAs; one CTA per tile; sO in sQ's buffer (the hdim-256 default); the
+# hdim-128 default without Note [cross-tile overlap]
+STATIC = {"persistent": True, "dynamic": False, "tile_overlap": False}
+ONE_CTA = {"persistent": False, "dynamic": False, "tile_overlap": False}
+ALIASED_O = {"separate_o": False, "num_stages": 3, "q_stages": 1, "tile_overlap": False}
+NO_OVERLAP = {"tile_overlap": False}
 
 
 @pytest.mark.skipif(_ptxas() is None, reason="needs ptxas")
 @pytest.mark.parametrize("d,override,sparse", [
     (64, {}, True), (64, {}, False), (128, {}, True), (256, {}, True), (128, STATIC, True),
-    (256, STATIC, True), (128, ONE_CTA, True), (128, ALIASED_O, True)],
+    (256, STATIC, True), (128, ONE_CTA, True), (128, ALIASED_O, True), (128, {}, False),
+    (128, NO_OVERLAP, True)],
     ids=["d64", "d64-dense-3wg", "d128", "d256", "d128-static", "d256-static", "d128-one-cta",
-         "d128-aliased-o"])
+         "d128-aliased-o", "d128-dense", "d128-no-overlap"])
 def test_no_wgmma_serialization(d, override, sparse, tmp_path):
-    """ptxas must not serialize the wgmmas for lack of registers (warning C7512): that
-    cost 25% at hdim 128 once (see Note [single tile] in hopper_fwd.py)."""
+    """ptxas must not serialize the wgmmas: for lack of registers (warning C7512), which
+    cost 25% at hdim 128 once (see Note [single tile] in hopper_fwd.py), or because other
+    instructions write accumulators while a wgmma is in flight (C7515, Note [cross-tile
+    overlap])."""
     import glob
     import subprocess
 
@@ -195,7 +199,7 @@ def test_no_wgmma_serialization(d, override, sparse, tmp_path):
     out = subprocess.run([_ptxas(), "-arch=sm_90a", "-v", ptx[0], "-o", str(tmp_path / "k.cubin")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "C7512" not in out.stderr, out.stderr[-2000:]
+    assert "serialized" not in out.stderr, out.stderr[-2000:]  # C7512, C7515
     assert "0 bytes spill stores" in out.stderr, out.stderr[-2000:]
 
 
@@ -210,3 +214,18 @@ def test_config_that_overflows_shared_memory_is_refused():
     cfg = dataclasses.replace(choose_config(128, 128), num_stages=3)  # own sO + 3 stages
     with pytest.raises(ValueError, match="bytes of shared memory"):
         ck.compile_only(head_dim=128, config=cfg)
+
+
+@pytest.mark.parametrize("override", [dict(persistent=False, dynamic=False), dict(q_stages=1),
+                                      dict(tile_m=192)], ids=["one-cta", "one-q-buffer", "3wg"])
+def test_tile_overlap_outside_its_shape_is_refused(override):
+    """Note [cross-tile overlap] needs the dynamic schedule, the Q ring and two warpgroups;
+    any other config asking for it is refused by name."""
+    import dataclasses
+
+    from cute_kernels.config import choose_config
+
+    cfg = choose_config(128, 128, 128)
+    assert cfg.tile_overlap  # the hdim-128 BlockMask default
+    with pytest.raises(ValueError, match="tile_overlap"):
+        dataclasses.replace(cfg, **override)

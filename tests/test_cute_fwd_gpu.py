@@ -167,7 +167,14 @@ def _cfg(D, Dv, block_q=None, **override):
 
     from cute_kernels.config import choose_config
 
-    return dataclasses.replace(choose_config(D, Dv, block_q), **override) if override else None
+    if not override:
+        return None
+    cfg = choose_config(D, Dv, block_q)
+    # Note [cross-tile overlap] needs the dynamic schedule and two Q buffers: keep the
+    # default's choice only where the override leaves both
+    override.setdefault("tile_overlap", cfg.tile_overlap and override.get("dynamic", cfg.dynamic)
+                        and override.get("q_stages", cfg.q_stages) == 2)
+    return dataclasses.replace(cfg, **override)
 
 
 def run_case(case, seed=None, **cfg_override):
@@ -238,20 +245,37 @@ def test_one_cta_per_tile_matches_float64_reference(case):
 
 # Both places for the epilogue's O tile (Note [own sO] in hopper_fwd.py): its own buffer, with
 # two Q buffers (the default at hdim 128, Note [Q ring]) or one, and aliasing sQ (the default
-# at hdim 256, where both do not fit), under both schedules that differ in when Q is released.
+# at hdim 256, where both do not fit), under both schedules that differ in when Q is released;
+# the Q ring with and without Note [cross-tile overlap] (its default: with a BlockMask only).
 O_BUFFER_CASES = [c for c in PERSISTENT_CASES if c[0] in (
     "noop d128", "gqa 8/2 d128", "causal sparse d128", "empty rows sparse d128",
     "empty rows dense d64")]
 
 
+_BUFFERS = {"own-sO-Q-ring": dict(separate_o=True, q_stages=2),
+            "own-sO": dict(separate_o=True, q_stages=1),
+            "sO-aliases-sQ": dict(separate_o=False, q_stages=1)}
+# (id, config override); cross-tile overlap needs the dynamic schedule and the Q ring
+O_BUFFER_CONFIGS = [
+    *[(f"dynamic-{k}", dict(b, persistent=True, dynamic=True, tile_overlap=False))
+      for k, b in _BUFFERS.items()],
+    ("dynamic-own-sO-Q-ring-overlap", dict(_BUFFERS["own-sO-Q-ring"], persistent=True,
+                                           dynamic=True, tile_overlap=True)),
+    *[(f"one-cta-{k}", dict(b, persistent=False, dynamic=False, tile_overlap=False))
+      for k, b in _BUFFERS.items()],
+]
+
+
+# the overlap only where it is the default: hdim 128
+_O_BUFFER_PAIRS = [(cfg_id, cfg, case) for cfg_id, cfg in O_BUFFER_CONFIGS
+                   for case in O_BUFFER_CASES if not cfg["tile_overlap"] or case[6] == 128]
+
+
 @gpu
-@pytest.mark.parametrize("case", O_BUFFER_CASES, ids=[c[0] for c in O_BUFFER_CASES])
-@pytest.mark.parametrize("buffers", [dict(separate_o=True, q_stages=2), dict(separate_o=True, q_stages=1),
-                                     dict(separate_o=False, q_stages=1)],
-                         ids=["own-sO-Q-ring", "own-sO", "sO-aliases-sQ"])
-@pytest.mark.parametrize("persistent", [True, False], ids=["dynamic", "one-cta"])
-def test_o_buffer_matches_float64_reference(case, buffers, persistent):
-    r = run_case(case, persistent=persistent, dynamic=persistent, num_stages=2, **buffers)
+@pytest.mark.parametrize("config,case", [(cfg, case) for _, cfg, case in _O_BUFFER_PAIRS],
+                         ids=[f"{i}-{case[0]}" for i, _, case in _O_BUFFER_PAIRS])
+def test_o_buffer_matches_float64_reference(config, case):
+    r = run_case(case, num_stages=2, **config)
     assert r["ok"], f"seed={r['seed']}: {r}"
 
 
