@@ -35,6 +35,13 @@ def _mods():
     def tail_rows_t(b, h, q, kv):
         return (q >= 64) & (q >= kv)
 
+    def empty_tiles_kernel(b, h, q, kv, bufs, scalars, kv_base=None, kv_off=0):
+        # rows < 300 fully masked: the first two 128-row q-tiles visit no KV block at all
+        return (q >= 300) & (q >= kv)
+
+    def empty_tiles_t(b, h, q, kv):
+        return (q >= 300) & (q >= kv)
+
     def head_window_kernel(b, h, q, kv, bufs, scalars, kv_base=None, kv_off=0):
         # a different window per (b, h): exercises non-broadcast BlockMask tables
         return (q >= kv) & (q - kv < 100 * (h + 1) + 50 * b)
@@ -66,6 +73,8 @@ def _mods():
         "none": (None, None),
         "causal": (CAUSAL_MASK, causal_t),
         "empty_rows": (ModSpec("mask", tail_rows_kernel, key="test:empty_rows"), tail_rows_t),
+        "empty_tiles": (ModSpec("mask", empty_tiles_kernel, key="test:empty_tiles"),
+                        empty_tiles_t),
         "window300": (ModSpec("mask", window_kernel, key="test:window300"), window_t),
         "head_window": (ModSpec("mask", head_window_kernel, key="test:head_window"), head_window_t),
         "batch_window": (ModSpec("mask", batch_window_kernel, key="test:batch_window"),
@@ -151,6 +160,8 @@ CASES = [
     ("window sparse d256", 1, 4, 4, 1000, 1537, 256, 256, torch.bfloat16, "window300", (128, 128)),
     ("empty rows sparse d128", 1, 4, 4, 1000, 1537, 128, 128, torch.bfloat16, "empty_rows", (128, 128)),
     ("empty rows dense d64", 1, 4, 4, 500, 700, 64, 64, torch.float16, "empty_rows", None),
+    ("empty q-tiles sparse d128", 2, 4, 4, 1000, 1537, 128, 128, torch.bfloat16, "empty_tiles",
+     (128, 128)),
     ("per-(b,h) blockmask gqa d128", 2, 4, 2, 1000, 1537, 128, 128, torch.bfloat16,
      "head_window", (128, 128, "per_bh")),
     ("per-(b,h) blockmask d256 tile64", 2, 2, 2, 700, 900, 256, 256, torch.bfloat16,
@@ -226,7 +237,8 @@ def test_fwd_matches_float64_reference(case):
 PERSISTENT_CASES = [c for c in CASES if c[0] in (
     "noop d128", "noop d256", "noop fp16 d128", "gqa 8/2 d128", "causal sparse d128",
     "causal sparse d256 (tile 64)", "window sparse gqa d128", "empty rows sparse d128",
-    "empty rows dense d64", "per-(b,h) blockmask gqa d128", "per-batch blockmask d128")]
+    "empty rows dense d64", "empty q-tiles sparse d128", "per-(b,h) blockmask gqa d128",
+    "per-batch blockmask d128")]
 
 
 @gpu
@@ -249,7 +261,7 @@ def test_one_cta_per_tile_matches_float64_reference(case):
 # the Q ring with and without Note [cross-tile overlap] (its default: with a BlockMask only).
 O_BUFFER_CASES = [c for c in PERSISTENT_CASES if c[0] in (
     "noop d128", "gqa 8/2 d128", "causal sparse d128", "empty rows sparse d128",
-    "empty rows dense d64")]
+    "empty rows dense d64", "empty q-tiles sparse d128")]
 
 
 _BUFFERS = {"own-sO-Q-ring": dict(separate_o=True, q_stages=2),
