@@ -134,6 +134,13 @@ class HopperFlexFwd:
         self.n_score_bufs = score_mod.num_buffers if score_mod is not None else 0
         self.n_score_scalars = len(score_mod.scalar_types) if score_mod is not None else 0
 
+    def pv_tiled_mma(self, wgs: int) -> cute.TiledMma:
+        """P V's tiled MMA over `wgs` warpgroups of 64 rows (P from registers)."""
+        return sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN,
+            Float32, atom_layout_mnk=(wgs, 1, 1), tiler_mn=(64, self.hdv),
+            a_source=warpgroup.OperandSource.RMEM)
+
     # ------------------------------------------------------------------ host side
     @cute.jit
     def __call__(
@@ -164,10 +171,7 @@ class HopperFlexFwd:
             self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.K,
             Float32, atom_layout_mnk=(self.cfg.num_consumer_wgs, 1, 1),
             tiler_mn=(64, self.tile_n))
-        tiled_mma_pv = sm90_utils.make_trivial_tiled_mma(
-            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN,
-            Float32, atom_layout_mnk=(self.cfg.num_consumer_wgs, 1, 1),
-            tiler_mn=(64, self.hdv), a_source=warpgroup.OperandSource.RMEM)
+        tiled_mma_pv = self.pv_tiled_mma(self.cfg.num_consumer_wgs)
 
         q_stages = self.cfg.q_stages
         sQ_layout = _smem_layout(self.dtype, self.tile_m, self.hd,
@@ -625,16 +629,11 @@ class HopperFlexFwd:
         if n_part + n_full > 0:
             part_row, full_row = self.visit_rows(m_block, head_idx, batch_idx, sparse)
             n_block, is_partial = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
-            pipe_k.consumer_wait(state)
-            _gemm(tiled_mma_qk, acc_S, tSrQ[None, None, None, q_state.index],
-                  tSrK[None, None, None, state.index], zero_init=True, wait=0)
-            pipe_k.consumer_release(state)
-            self.first_softmax(acc_S, tOrP, n_block, is_partial, softmax,
-                               self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k,
-                                             m_block, head_idx, batch_idx, aux_tensors,
-                                             aux_scalars))
-            state_v = state.clone()
-            state.advance()
+            state, state_v = self.first_step(
+                n_block, is_partial, state, acc_S, tSrQ[None, None, None, q_state.index], tSrK,
+                tOrP, softmax, tiled_mma_qk, pipe_k,
+                self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block,
+                              head_idx, batch_idx, aux_tensors, aux_scalars))
         while tile < n_tiles:
             # the rest of this tile's KV steps
             part_row, full_row = self.visit_rows(m_block, head_idx, batch_idx, sparse)
@@ -707,13 +706,8 @@ class HopperFlexFwd:
         total = n_part + n_full
         if total > 0:
             n_block, is_partial = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
-            pipe_k.consumer_wait(state)
-            _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
-                  zero_init=True, wait=0)
-            pipe_k.consumer_release(state)
-            self.first_softmax(acc_S, tOrP, n_block, is_partial, softmax, mods)
-            state_v = state.clone()
-            state.advance()
+            state, state_v = self.first_step(n_block, is_partial, state, acc_S, tSrQ, tSrK,
+                                             tOrP, softmax, tiled_mma_qk, pipe_k, mods)
             for t in cutlass.range(1, total, unroll=1):
                 n_block, is_partial = self.visit_tile(t, n_part, part_row, full_row, seqlen_k)
                 state, state_v = self.overlapped_step(n_block, is_partial, state, state_v, *mma,
@@ -731,6 +725,20 @@ class HopperFlexFwd:
                     softmax_scale=softmax_scale, seqlen_k=seqlen_k, m_block=m_block,
                     head_idx=head_idx, batch_idx=batch_idx, aux_tensors=aux_tensors,
                     aux_scalars=aux_scalars)
+
+    @cute.jit
+    def first_step(self, n_block, is_partial, state, acc_S, tSrQ, tSrK, tOrP, softmax,
+                   tiled_mma_qk, pipe_k, mods):
+        """A q-tile's first KV tile on its own (no P V to overlap with): QK^T, then
+        first_softmax. Returns (next K/V slot, the slot its P V will read)."""
+        pipe_k.consumer_wait(state)
+        _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
+              zero_init=True, wait=0)
+        pipe_k.consumer_release(state)
+        self.first_softmax(acc_S, tOrP, n_block, is_partial, softmax, mods)
+        state_v = state.clone()
+        state.advance()
+        return state, state_v
 
     @cute.jit
     def first_softmax(self, acc_S, tOrP, n_block, is_partial, softmax, mods):
@@ -849,9 +857,7 @@ class HopperFlexFwd:
         # tile's QK^T is in flight here, and ptxas serializes the wgmmas (C7515) when
         # accumulator registers are written inside a wgmma pipeline stage.
         rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
-        o_mn, r_mn = as_mn(acc_O), as_mn(rO)
-        for r in cutlass.range_constexpr(cute.size(inv_sum)):
-            r_mn[r, None].store((o_mn[r, None].load() * inv_sum[r]).to(self.dtype))
+        rescale_rows(acc_O, inv_sum, dst=rO)
 
         # Row stats: the thread holding column 0 of a row writes it.
         seqlen_q = mLSE.shape[2]
@@ -877,10 +883,7 @@ class HopperFlexFwd:
             o_rows, o_tile = 64, m_block * self.cfg.num_consumer_wgs + wg
             bar_free, bar_ready = BAR_WG_EPILOGUE0 + 2 * wg, BAR_WG_EPILOGUE0 + 2 * wg + 1
             n_sync = 128
-            copy_mma = sm90_utils.make_trivial_tiled_mma(
-                self.dtype, self.dtype, warpgroup.OperandMajorMode.K,
-                warpgroup.OperandMajorMode.MN, Float32, atom_layout_mnk=(1, 1, 1),
-                tiler_mn=(64, self.hdv), a_source=warpgroup.OperandSource.RMEM)
+            copy_mma = self.pv_tiled_mma(1)  # this warpgroup's 64 rows
             copy_tidx, sO_here = tidx % 128, sO[None, None, wg]
         store_warp = self.store_warp(warp_idx)
         if const_expr(self.cfg.separate_o):

@@ -120,7 +120,10 @@ def quad_max(x: Float32) -> Float32:
 
 
 @cute.jit
-def rescale_rows(acc_O: cute.Tensor, row_scale: cute.Tensor):
+def rescale_rows(acc_O: cute.Tensor, row_scale: cute.Tensor, dst=None):
+    """acc_O's rows times row_scale, in place, or into dst (its element type, acc_O
+    untouched) when given."""
     o_mn = as_mn(acc_O)
+    d_mn = o_mn if cutlass.const_expr(dst is None) else as_mn(dst)
     for r in cutlass.range_constexpr(cute.size(row_scale)):
-        o_mn[r, None].store(o_mn[r, None].load() * row_scale[r])
+        d_mn[r, None].store((o_mn[r, None].load() * row_scale[r]).to(d_mn.element_type))
