@@ -10,7 +10,7 @@ import torch
 
 from flex_fa4 import mods
 from flex_fa4.__main__ import main as flex_fa4_main
-from flex_fa4.bench import flops, variants
+from flex_fa4.bench import flops, timing, variants
 from flex_fa4.bench.backends import Prepared, Runner, Skip, register, unregister
 from flex_fa4.bench.cli import main as bench_main
 
@@ -78,7 +78,7 @@ def test_wrong_backend_is_reported_and_never_timed(tmp_path, capsys, fake_runner
     assert "relative error out" in wrong["reason"]
     assert bad.calls == 1  # the checking call only
     assert rows["causal", "test_good"]["status"] == "ok"
-    assert good.calls == 1 + 1 + 2  # check, warm-up, reps
+    assert good.calls == 1 + 1 + 2 + 2  # check, warm-up, reps, a lead-in per round
     assert rows["alibi_causal", "test_good"]["status"] == "SKIP"
     assert "WRONG: relative error" in out and "test_good: noop and causal only" in out
     assert rc == 0  # a WRONG peer is reported; only a WRONG backend of ours fails the command
@@ -108,6 +108,24 @@ def test_failures_become_rows_and_a_wrong_kernel_of_ours_fails_the_command(tmp_p
     assert rows["test_ours_wrong"]["status"] == "WRONG" and rows["reference"]["status"] == "ok"
     assert rc == 1
     assert "ERROR: RuntimeError: kernel exploded" in capsys.readouterr().out
+
+
+def test_timed_ops_are_interleaved():
+    """Each op: warm-up, then per round a lead-in and its share of the reps; rounds turn
+    the order, so no op's runs all come before another's."""
+    calls = []
+    ops = [(lambda x, name=name: calls.append((name, x)), [(0,), (1,)]) for name in "abc"]
+    timings = timing.time_ops(ops, torch.device("cpu"), reps=7, warmup=1, rounds=3)
+    assert len(timings) == 3 and all(t.reps == 7 and 0 <= t.min_ms <= t.median_ms for t in timings)
+    # 7 reps in rounds of 3, 2, 2, each share after one lead-in run
+    order = "".join(n for n, _ in calls[3:])
+    assert [n for n, _ in calls[:3]] == ["a", "b", "c"] and len(order) == 7 * 3 + 3 * 3
+    assert order == "aaaabbbbcccc" + "bbbcccaaa" + "cccaaabbb"
+    for name in "abc":
+        # the lead-in takes the set before the next timed run's, so the timed runs alternate
+        runs = [x for n, x in calls[3:] if n == name]
+        timed = [x for i, x in enumerate(runs) if i not in (0, 4, 7)]
+        assert timed == [0, 1, 0, 1, 0, 1, 0]
 
 
 def test_unknown_backend_is_refused():

@@ -1,5 +1,5 @@
 """The sweep: for each case and backend, build the mask, make the first call, check
-the result against the reference backend, and only then time it.
+the result against the reference backend; then time the backends that passed, together.
 
 A result that disagrees with the reference is reported WRONG and never timed: a fast
 wrong kernel must not show up as a speed-up. The reference is flex_fa4's
@@ -20,7 +20,7 @@ import torch
 
 from . import flops as flop_count
 from .backends import REFERENCE, RUNNERS, Case, Prepared, Skip
-from .timing import call_seconds, n_input_sets, time_op
+from .timing import call_seconds, n_input_sets, time_ops
 from .variants import Mods, resolve
 
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 1e-3, torch.float64: 1e-6}
@@ -141,7 +141,16 @@ def _reference(case: Case, mods: Mods, first_set, check_b: int, check_h: int) ->
     return [t.detach() for t in timed_callable(prep, case.mode)(*sl)]
 
 
-def _run_one(case: Case, runner, mods: Mods, inputs: _Inputs, cfg: SweepConfig, base: dict) -> Result:
+@dataclasses.dataclass
+class _Checked:
+    """A backend that passed its check and waits to be timed with the case's others."""
+    base: dict
+    op: Callable
+    sets: list
+
+
+def _check_one(case: Case, runner, mods: Mods, inputs: _Inputs, base: dict):
+    """Prepare, first call and check: a final Result (SKIP, ERROR, WRONG) or a _Checked."""
     try:
         prep = runner.prepare(case, mods)
     except Skip as e:
@@ -163,13 +172,23 @@ def _run_one(case: Case, runner, mods: Mods, inputs: _Inputs, cfg: SweepConfig, 
         names = ("out", "dq", "dk", "dv")
         detail = ", ".join(f"{n} {e:.2e}" for n, e in zip(names, errs) if not e <= tol)
         return Result(**base, status="WRONG", reason=f"relative error {detail} > {tol:g}")
-    del got
+    return _Checked(base, op, sets)
+
+
+def _time_checked(checked: list[_Checked], case: Case, cfg: SweepConfig) -> list[Result]:
+    """Time the checked backends of one case together (interleaved, see time_ops)."""
     try:
-        t = time_op(op, sets, case.device, reps=cfg.reps, warmup=cfg.warmup)
-    except Exception as e:  # noqa: BLE001
-        return _failure(base, e)
-    tflops = base["flops"] / (t.median_ms * 1e-3) / 1e12 if base["flops"] else None
-    return Result(**base, status="ok", ms=t.median_ms, min_ms=t.min_ms, tflops=tflops)
+        timings = time_ops([(c.op, c.sets) for c in checked], case.device, reps=cfg.reps, warmup=cfg.warmup)
+    except Exception as e:  # noqa: BLE001 - then time them one by one to find the one that fails
+        if len(checked) == 1:
+            return [_failure(checked[0].base, e)]
+        return [r for c in checked for r in _time_checked([c], case, cfg)]
+    out = []
+    for c, t in zip(checked, timings):
+        flops = c.base["flops"]
+        tflops = flops / (t.median_ms * 1e-3) / 1e12 if flops else None
+        out.append(Result(**c.base, status="ok", ms=t.median_ms, min_ms=t.min_ms, tflops=tflops))
+    return out
 
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -258,20 +277,26 @@ def _run_case(case: Case, mods: Optional[Mods], fraction: float, cfg: SweepConfi
             why = (f"reference failed, nothing checked or timed ({type(e).__name__}: {e}".splitlines()[0][:300]
                    + _where(e) + ")")
         del sets
-    out = []
+    rows: list = []  # per backend: a final Result, or a _Checked still to be timed
     for name in cfg.backends:
         runner = RUNNERS[name]
         bar.set_description(f"{case.variant} S={case.S} D={case.D} {case.dtype_name} {case.mode} {name}")
         base = dict(variant=case.variant, S=case.S, D=case.D, B=case.B, H=case.H, dtype=case.dtype_name,
                     mode=case.mode, backend=name, ours=runner.ours, fraction=fraction, flops=flops)
         if why is not None:
-            out.append(Result(**base, status="ERROR", reason=why))
+            rows.append(Result(**base, status="ERROR", reason=why))
         elif inputs is None or _past(deadline):
-            out.append(Result(**base, status="SKIP", reason=f"not run: the {cfg.time_limit_s:g} s time limit passed"))
+            rows.append(Result(**base, status="SKIP", reason=f"not run: the {cfg.time_limit_s:g} s time limit passed"))
         else:
-            out.append(_run_one(case, runner, mods, inputs, cfg, base))
+            rows.append(_check_one(case, runner, mods, inputs, base))
         bar.update(1)
+    checked = [r for r in rows if isinstance(r, _Checked)]
+    if checked:
+        bar.set_description(f"{case.variant} S={case.S} D={case.D} {case.dtype_name} {case.mode} timing")
+        timed = iter(_time_checked(checked, case, cfg))
+        rows = [next(timed) if isinstance(r, _Checked) else r for r in rows]
+    del checked
     del inputs
     if case.device.type == "cuda":
         torch.cuda.empty_cache()
-    return out
+    return rows
