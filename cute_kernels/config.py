@@ -49,6 +49,13 @@ class FwdConfig:
     # overlap] in hopper_fwd.py); needs dynamic, q_stages == 2 (the next Q is already
     # loaded) and two consumer warpgroups.
     tile_overlap: bool = False
+    # Skip the O accumulator's rescale while no row max moved far (Note [lazy rescale] in
+    # softmax.py). H200, hdim 128, fresh processes, two rounds, TFLOP/s eager -> lazy,
+    # S=8192: noop 703 -> 745 / 704 -> 704, causal 674 -> 686 / 692 -> 699, document
+    # 435 -> 442 / 439 -> 443, softcap 512 -> 524 / 525 -> 530, sliding window and ALiBi
+    # within -1..+0.4%; S=2048: noop 638 -> 655 / 631 -> 653, causal 509 -> 521 / 498 -> 496
+    # (session 8).
+    lazy_rescale: bool = True
 
     def __post_init__(self):
         if self.dynamic and not self.persistent:

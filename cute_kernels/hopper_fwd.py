@@ -14,7 +14,8 @@ Structure (FA3/FA4 style):
   QK^T is an SS wgmma, P stays in registers for the RS wgmma P @ V
   (Note [P stays in registers]); QK^T(j) overlaps P V(j-1) inside a warpgroup
   (Note [intra-warpgroup overlap]) and the warpgroups take turns issuing their GEMMs
-  (Note [pingpong], hdim <= 128).
+  (Note [pingpong], hdim <= 128). The O accumulator is rescaled only when a row max
+  moved far (Note [lazy rescale] in softmax.py).
 - masked launches walk q-tiles last-to-first (Note [LPT order]).
 - epilogue: O -> 16-bit -> smem -> one TMA store; LSE from registers. sO has its own
   buffer where it fits (Note [own sO]), else aliases sQ; at hdim 128 Q has two buffers,
@@ -501,7 +502,7 @@ class HopperFlexFwd:
         tOrVt = wg_mma_pv.make_fragment_B(wg_mma_pv.partition_B(transpose_smem_view(sV)))
         s_shape = wg_mma_qk.partition_shape_C((self.tile_m, self.tile_n))
         # rows per thread = row halves (2) x MMA_M of the ((2, 2, N/8), MMA_M, MMA_N) fragment
-        softmax = OnlineSoftmax(scale_log2, s_shape[0][1] * s_shape[1])
+        softmax = OnlineSoftmax(scale_log2, s_shape[0][1] * s_shape[1], self.cfg.lazy_rescale)
 
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer,
                                                self.cfg.q_stages)
@@ -782,10 +783,14 @@ class HopperFlexFwd:
         # first tile can be it
         m_new = self.mods_masks_max(acc_S, n_block, apply_mask, self.has_sparse, softmax,
                                     **mods)
-        row_scale = softmax.step(acc_S, m_new)
+        row_scale, any_moved = softmax.step(acc_S, m_new)
         warpgroup.wait_group(0)
         pipe_v.consumer_release(state_v)
-        rescale_rows(acc_O, row_scale)
+        if const_expr(softmax.lazy):
+            if any_moved:  # warp-uniform (Note [lazy rescale] in softmax.py)
+                rescale_rows(acc_O, row_scale)
+        else:
+            rescale_rows(acc_O, row_scale)
         store_16bit(as_operand_a(acc_S), tOrP)  # Note [P conversion]
         # K and V share ring slots, so P V (j) uses K (j)'s slot: one advance per step.
         state_v = state.clone()

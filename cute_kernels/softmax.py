@@ -4,6 +4,15 @@ Each thread owns 2 rows of the 64-row slab; a row is spread over the 4 threads o
 quad, so row reductions are a local reduction plus two butterfly shuffles.
 The softmax scale (times log2(e)) is folded into the exponent, so the scores are never
 rescaled in place: p = exp2(s * scale_log2 - m * scale_log2).
+
+Note [lazy rescale]: the exponent's shift m need not be the row max, only near it. With
+`lazy`, a row keeps its shift (the "reference max") until the running max passes it by
+more than LAZY_RESCALE_LOG2 (so p <= 2^8, far inside bf16/fp16/fp32 range). A row whose
+shift did not move has row scale exactly 1, and once a warp's rows all keep theirs the
+caller skips rescaling the O accumulator (64 FMULs a thread at hdim 128) for that tile;
+with random scores that is nearly every tile after the first few. O, the row sum and
+the LSE use the shift; the returned max scores use the true running max. FA4 uses the
+same idea on Blackwell.
 """
 import math
 
@@ -15,38 +24,49 @@ from .fragments import as_mn
 
 LOG2_E = math.log2(math.e)
 LN_2 = math.log(2.0)
+LAZY_RESCALE_LOG2 = 8.0
 
 
 class OnlineSoftmax:
     """Running row max / row sum in registers. Not a device object: a trace-time helper
-    holding references to two rmem tensors (they are mutated in place)."""
+    holding references to rmem tensors (they are mutated in place)."""
 
-    def __init__(self, scale_log2: Float32, num_rows: int, _state=None):
+    def __init__(self, scale_log2: Float32, num_rows: int, lazy: bool = False, _state=None):
+        self.lazy = lazy  # Note [lazy rescale]
         if _state is not None:  # rebuilt from IR values (see __new_from_mlir_values__)
-            self.scale_log2, self.row_max, self.row_sum = _state
+            self.scale_log2, self.row_max, self.row_sum, self.row_ref = _state
             return
         self.scale_log2 = scale_log2
         self.row_max = cute.make_rmem_tensor(num_rows, Float32)
         self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
-        self.row_max.fill(-Float32.inf)
-        self.row_sum.fill(0.0)
+        # the exponent's shift: the row max itself unless lazy
+        self.row_ref = cute.make_rmem_tensor(num_rows, Float32) if lazy else self.row_max
+        self.reset()
 
     def reset(self):
         self.row_max.fill(-Float32.inf)
         self.row_sum.fill(0.0)
+        if cutlass.const_expr(self.lazy):
+            self.row_ref.fill(-Float32.inf)
+
+    def _parts(self):
+        own_ref = (self.row_ref,) if self.lazy else ()  # else row_ref is row_max
+        return (self.scale_log2, self.row_max, self.row_sum) + own_ref
 
     # Lets the object cross dynamic `if` / `for` regions of the DSL.
     def __extract_mlir_values__(self):
-        parts = [cutlass.extract_mlir_values(x) for x in (self.scale_log2, self.row_max, self.row_sum)]
+        parts = [cutlass.extract_mlir_values(x) for x in self._parts()]
         self._lens = [len(p) for p in parts]
         return [v for p in parts for v in p]
 
     def __new_from_mlir_values__(self, values):
         out, pos = [], 0
-        for x, n in zip((self.scale_log2, self.row_max, self.row_sum), self._lens):
+        for x, n in zip(self._parts(), self._lens):
             out.append(cutlass.new_from_mlir_values(x, values[pos:pos + n]))
             pos += n
-        return OnlineSoftmax(None, 0, _state=tuple(out))
+        if not self.lazy:
+            out.append(out[1])
+        return OnlineSoftmax(None, 0, self.lazy, _state=tuple(out))
 
     def new_max_buffer(self) -> cute.Tensor:
         return cute.make_rmem_tensor_like(self.row_max, Float32)
@@ -61,27 +81,41 @@ class OnlineSoftmax:
             m_new[r] = quad_max(row.reduce(cute.ReductionOp.MAX, self.row_max[r], 0))
 
     @cute.jit
-    def step(self, acc_S: cute.Tensor, m_new: cute.Tensor) -> cute.Tensor:
+    def step(self, acc_S: cute.Tensor, m_new: cute.Tensor):
         """Exponentiate acc_S in place (it becomes P) given the new row max from
-        update_max, and return the factor by which the O accumulator rows must be
-        rescaled."""
+        update_max. Returns (the factors by which the O accumulator rows must be
+        rescaled, whether any row of this warp needs it): the flag is warp-uniform and
+        always true unless lazy (Note [lazy rescale])."""
         s_mn = as_mn(acc_S)
         row_scale = cute.make_rmem_tensor_like(self.row_max, Float32)
+        moved = cutlass.Boolean(True)
+        if cutlass.const_expr(self.lazy):
+            moved = cutlass.Boolean(False)
         for r in cutlass.range_constexpr(cute.size(self.row_max)):
             row = s_mn[r, None].load()
-            m_prev = self.row_max[r]
+            ref_prev = self.row_ref[r]
             self.row_max[r] = m_new[r]
+            if cutlass.const_expr(self.lazy):
+                # A NaN difference (NaN max, or -inf on both sides) takes the new max, as
+                # the eager shift would: a NaN reaches O and the LSE, an empty row stays
+                # -inf. The row scale is 1 (or 0 on a still-empty row) unless ref changed.
+                keep = (m_new[r] - ref_prev) * self.scale_log2 <= LAZY_RESCALE_LOG2
+                self.row_ref[r] = ref_prev if keep else m_new[r]
+                moved = moved | (self.row_ref[r] != ref_prev)
             # Note [fully masked rows]: while a row has seen only -inf, shift by 0 so
             # exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
-            m_safe = m_new[r] if m_new[r] != -Float32.inf else Float32(0.0)
+            ref = self.row_ref[r]
+            m_safe = ref if ref != -Float32.inf else Float32(0.0)
             shift = m_safe * self.scale_log2
             p = cute.math.exp2(row * self.scale_log2 - shift, fastmath=True)
-            row_scale[r] = cute.math.exp2(m_prev * self.scale_log2 - shift, fastmath=True)
+            row_scale[r] = cute.math.exp2(ref_prev * self.scale_log2 - shift, fastmath=True)
             self.row_sum[r] = self.row_sum[r] * row_scale[r] + p.reduce(
                 cute.ReductionOp.ADD, Float32(0.0), 0
             )
             s_mn[r, None].store(p)
-        return row_scale
+        if cutlass.const_expr(self.lazy):
+            moved = cute.arch.vote_any_sync(moved)
+        return row_scale, moved
 
     @cute.jit
     def finalize(self):
@@ -95,7 +129,7 @@ class OnlineSoftmax:
         mx = cute.make_rmem_tensor_like(self.row_sum, Float32)
         for r in cutlass.range_constexpr(cute.size(self.row_sum)):
             s = cute.arch.warp_reduction_sum(self.row_sum[r], threads_in_group=4)
-            m = self.row_max[r]
+            m = self.row_ref[r]  # the shift the row sum is relative to
             empty = m == -Float32.inf
             inv[r] = Float32(0.0) if empty else cute.arch.rcp_approx(s)
             m_safe = Float32(0.0) if empty else m
@@ -104,7 +138,7 @@ class OnlineSoftmax:
                 if empty
                 else (m_safe * self.scale_log2 + cute.math.log2(s, fastmath=True)) * LN_2
             )
-            mx[r] = m * (self.scale_log2 * LN_2)
+            mx[r] = self.row_max[r] * (self.scale_log2 * LN_2)
         return inv, lse, mx
 
 

@@ -170,15 +170,16 @@ STATIC = {"persistent": True, "dynamic": False, "tile_overlap": False}
 ONE_CTA = {"persistent": False, "dynamic": False, "tile_overlap": False}
 ALIASED_O = {"separate_o": False, "num_stages": 3, "q_stages": 1, "tile_overlap": False}
 NO_OVERLAP = {"tile_overlap": False}
+EAGER = {"lazy_rescale": False}  # Note [lazy rescale] off: the O rescale every step
 
 
 @pytest.mark.skipif(_ptxas() is None, reason="needs ptxas")
 @pytest.mark.parametrize("d,override,sparse", [
     (64, {}, True), (64, {}, False), (128, {}, True), (256, {}, True), (128, STATIC, True),
     (256, STATIC, True), (128, ONE_CTA, True), (128, ALIASED_O, True), (128, {}, False),
-    (128, NO_OVERLAP, True)],
+    (128, NO_OVERLAP, True), (128, EAGER, True), (128, EAGER, False)],
     ids=["d64", "d64-dense-3wg", "d128", "d256", "d128-static", "d256-static", "d128-one-cta",
-         "d128-aliased-o", "d128-dense", "d128-no-overlap"])
+         "d128-aliased-o", "d128-dense", "d128-no-overlap", "d128-eager", "d128-dense-eager"])
 def test_no_wgmma_serialization(d, override, sparse, tmp_path):
     """ptxas must not serialize the wgmmas: for lack of registers (warning C7512), which
     cost 25% at hdim 128 once (see Note [single tile] in hopper_fwd.py), or because other

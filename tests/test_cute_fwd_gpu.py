@@ -188,7 +188,10 @@ def _cfg(D, Dv, block_q=None, **override):
     return dataclasses.replace(cfg, **override)
 
 
-def run_case(case, seed=None, **cfg_override):
+def run_case(case, seed=None, key_growth=None, **cfg_override):
+    """key_growth "to_start" / "to_end": keys' norms grow up to 8x toward KV position 0 /
+    the last one, so row maxima keep rising over the visited tiles (random keys of one
+    norm set nearly every row max in the first tile)."""
     import cute_kernels as ck
 
     name, B, Hq, Hkv, Sq, Skv, D, Dv, dtype, mod, sp = case
@@ -197,6 +200,10 @@ def run_case(case, seed=None, **cfg_override):
     dev = "cuda"
     q = torch.randn(B, Hq, Sq, D, device=dev, dtype=dtype)
     k = torch.randn(B, Hkv, Skv, D, device=dev, dtype=dtype)
+    if key_growth is not None:
+        ramp = torch.linspace(8.0, 1.0, Skv, device=dev) if key_growth == "to_start" \
+            else torch.linspace(1.0, 8.0, Skv, device=dev)
+        k = (k.float() * ramp[:, None]).to(dtype)
     v = torch.randn(B, Hkv, Skv, Dv, device=dev, dtype=dtype)
     spec, mask_t = _mods()[mod]
     scale = 1.0 / math.sqrt(D)
@@ -288,6 +295,22 @@ _O_BUFFER_PAIRS = [(cfg_id, cfg, case) for cfg_id, cfg in O_BUFFER_CONFIGS
                          ids=[f"{i}-{case[0]}" for i, _, case in _O_BUFFER_PAIRS])
 def test_o_buffer_matches_float64_reference(config, case):
     r = run_case(case, num_stages=2, **config)
+    assert r["ok"], f"seed={r['seed']}: {r}"
+
+
+# Note [lazy rescale] (cute_kernels/softmax.py): rows whose max rises by less than the
+# threshold keep a stale exponent shift, rows that rise by more move it; with and without.
+RISING_MAX_CASES = [c for c in CASES if c[0] in (
+    "noop d128", "noop d64", "noop fp16 d128", "causal sparse d128", "window sparse gqa d128",
+    "empty q-tiles sparse d128")]
+
+
+@gpu
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "eager"])
+@pytest.mark.parametrize("growth", ["to_start", "to_end"])
+@pytest.mark.parametrize("case", RISING_MAX_CASES, ids=[c[0] for c in RISING_MAX_CASES])
+def test_rising_row_max_matches_reference(case, growth, lazy):
+    r = run_case(case, key_growth=growth, lazy_rescale=lazy)
     assert r["ok"], f"seed={r['seed']}: {r}"
 
 
