@@ -88,9 +88,7 @@ class OnlineSoftmax:
         always true unless lazy (Note [lazy rescale])."""
         s_mn = as_mn(acc_S)
         row_scale = cute.make_rmem_tensor_like(self.row_max, Float32)
-        moved = cutlass.Boolean(True)
-        if cutlass.const_expr(self.lazy):
-            moved = cutlass.Boolean(False)
+        moved = cutlass.Boolean(not self.lazy)
         for r in cutlass.range_constexpr(cute.size(self.row_max)):
             row = s_mn[r, None].load()
             ref_prev = self.row_ref[r]
