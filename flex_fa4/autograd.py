@@ -46,7 +46,13 @@ class _KernelAttention(torch.autograd.Function):
 
 
 def kernel_attention(backend: Backend, call: AttentionCall):
-    """(out, lse, max_scores or None), differentiable w.r.t. q, k, v and score_mod's buffers."""
+    """(out, lse, max_scores or None), differentiable w.r.t. q, k, v and score_mod's buffers.
+
+    A call that needs no gradient (inference, or torch.no_grad) runs the backend directly:
+    the autograd.Function would only add host time to a result without a grad_fn (Note
+    [launch plan] in cute_kernels/interface.py)."""
+    if not call.needs_grad:
+        return backend.forward(call)
     buffers = call.score_mod.buffers if call.score_mod is not None else []
     result = _KernelAttention.apply(backend, call, call.q, call.k, call.v, *buffers)
     return (*result, None) if len(result) == 2 else result

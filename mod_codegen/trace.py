@@ -579,11 +579,11 @@ def trace_cached(fn: Callable, kind: str) -> TracedMod:
     if not isinstance(fn, types.FunctionType):
         return tracer_fn(fn)
     fp = _fingerprint(fn)
+    hit = _TRACES.get(fn)
+    if hit is not None and hit[0] == fp:  # only cacheable fingerprints are stored
+        return hit[1]
     if _contains(fp, _UNCACHEABLE):  # e.g. a mod reading cfg.bias: retrace every call (~0.2 ms)
         return tracer_fn(fn)
-    hit = _TRACES.get(fn)
-    if hit is not None and hit[0] == fp:
-        return hit[1]
     traced = tracer_fn(fn)
     _TRACES[fn] = (fp, traced)
     return traced

@@ -130,3 +130,27 @@ def test_a_misaligned_input_gets_its_own_kernel(seed):
         out = flex_attention(q, k, v, block_mask=bm, backend="triton")
         assert rel_err(out, dense_attention(q, k, v, None, causal_mask)[0]) < TOL, f"offset {offset} seed={seed}"
     assert len(_entries(bm)) == 1
+
+
+def test_only_calls_that_need_gradients_go_through_autograd(seed, monkeypatch):
+    """A call that needs no gradient (plain inference, or under torch.no_grad) runs the
+    backend directly, without the autograd.Function's host time; one that needs them
+    still gets the Function and a working backward."""
+    from flex_fa4 import autograd as kernel_autograd
+
+    applied = []
+    real_apply = kernel_autograd._KernelAttention.apply
+    monkeypatch.setattr(kernel_autograd._KernelAttention, "apply",
+                        lambda *args: (applied.append(True), real_apply(*args))[1])
+    bm = create_block_mask(causal_mask, None, None, S, S, device=DEVICE, BLOCK_SIZE=32)
+    q, k, v = _qkv(requires_grad=True)
+    want = dense_attention(q, k, v, None, causal_mask)[0]
+    with torch.no_grad():
+        out = flex_attention(q, k, v, block_mask=bm, backend="triton")
+    plain = flex_attention(*(t.detach() for t in (q, k, v)), block_mask=bm, backend="triton")
+    assert not applied and out.grad_fn is None and plain.grad_fn is None
+    assert rel_err(out, want) < TOL and rel_err(plain, want) < TOL, f"seed={seed}"
+    trained = flex_attention(q, k, v, block_mask=bm, backend="triton")
+    assert applied == [True] and trained.grad_fn is not None
+    dq, = torch.autograd.grad(trained, (q,), torch.ones_like(trained))
+    assert rel_err(dq, torch.autograd.grad(want, (q,), torch.ones_like(want))[0]) < 10 * TOL, f"seed={seed}"

@@ -77,3 +77,27 @@ def _call(q):
     from flex_fa4.api import _build_call
 
     return _build_call(q, q, q, None, None, None, False, False, False, None)
+
+
+@pytest.mark.skipif("fa4" not in _backends(), reason="needs an sm90 (H100/H200) GPU")
+def test_fa4_repeats_reuse_one_launch_plan(seed):
+    """Repeated calls run the ForwardPlan of the first (Note [launch plan] in
+    cute_kernels/interface.py) on fresh inputs, and see a captured tensor's in-place update."""
+    from flex_fa4.mods import causal_mask, generate_alibi_bias
+
+    torch.manual_seed(seed)
+    B, H, S, D = 2, 4, 700, 128
+    slopes = torch.rand(H, device="cuda")
+    score_mod = generate_alibi_bias(slopes=slopes)
+    bm = create_block_mask(causal_mask, None, None, S, S, device="cuda")
+    plans = set()
+    for step in range(3):
+        q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        out = flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, backend="fa4")
+        ref = dense_attention(q, k, v, score_mod, causal_mask)[0]
+        assert rel_err(out, ref) < 1e-2, f"step {step} seed={seed}"
+        (template, backend), = bm._call_cache.values()
+        assert backend.name == "fa4"
+        plans.add(id(template.prepared["fa4"]))
+        slopes.mul_(1.5).add_(0.1)
+    assert len(plans) == 1

@@ -59,19 +59,17 @@ class TritonBackend(Backend):
 
     @staticmethod
     def plan(call: AttentionCall):
-        """The call's fallback_triton.AttentionPlan, built on first use and kept in
-        `call.prepared` (shared by repeats of the call: Note [call cache])."""
-        plan = call.prepared.get("triton")
-        if plan is None:
+        """The call's fallback_triton.AttentionPlan, kept for its repeats."""
+        def build():
             import fallback_triton
 
-            plan = fallback_triton.AttentionPlan(
+            return fallback_triton.AttentionPlan(
                 call.q, call.k, call.v, scale=call.scale, block_sparse=call.block_sparse,
                 score_mod=call.score_mod, mask_mod=call.mask_mod, return_max_scores=call.need_max_scores,
                 dense=call.dense and call.mask_mod is None,  # no block_mask: skip the block lists
             )
-            call.prepared["triton"] = plan
-        return plan
+
+        return call.kept("triton", build)
 
     def forward(self, call: AttentionCall):
         return self.plan(call).forward(call.q, call.k, call.v)
@@ -118,15 +116,22 @@ class FA4Backend(Backend):
                 return f"its backward runs the Triton kernels, which cannot serve this call: {reason}"
         return None
 
-    def forward(self, call: AttentionCall):
-        import cute_kernels
+    @staticmethod
+    def plan(call: AttentionCall):
+        """The call's cute_kernels.ForwardPlan (Note [launch plan]), kept for its repeats."""
+        def build():
+            import cute_kernels
 
-        # with no block_mask the kernel's dense path beats walking an all-full block list (11%, NOTES.md)
-        return cute_kernels.flash_attn_fwd(
-            call.q, call.k, call.v, scale=call.scale, block_sparse=None if call.dense else call.block_sparse,
-            score_mod=call.score_mod, mask_mod=call.mask_mod,
-            return_lse=True, return_max_scores=call.need_max_scores,
-        )
+            # with no block_mask the kernel's dense path beats walking an all-full block list (11%, NOTES.md)
+            return cute_kernels.ForwardPlan(
+                call.q, call.k, call.v, scale=call.scale, block_sparse=None if call.dense else call.block_sparse,
+                score_mod=call.score_mod, mask_mod=call.mask_mod, return_max_scores=call.need_max_scores,
+            )
+
+        return call.kept("fa4", build)
+
+    def forward(self, call: AttentionCall):
+        return self.plan(call)(call.q, call.k, call.v)
 
     def backward(self, call: AttentionCall, out, lse, dout):
         from . import _log_once
