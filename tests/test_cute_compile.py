@@ -230,3 +230,23 @@ def test_tile_overlap_outside_its_shape_is_refused(override):
     assert cfg.tile_overlap  # the hdim-128 BlockMask default
     with pytest.raises(ValueError, match="tile_overlap"):
         dataclasses.replace(cfg, **override)
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(__import__("triton").__file__),
+                                                    "backends", "nvidia", "bin", "nvdisasm")),
+                    reason="needs Triton's nvdisasm")
+def test_kernel_sass_tool_finds_the_kv_step_loop(tmp_path):
+    """tools/kernel_sass.py (the SASS view kernel work relies on, NOTES.md) still finds the
+    dense KV-step loop: one QK^T and one P V (8 wgmmas each at hdim 128) and a score
+    tile's exponentials (64 per thread, plus the row-scale ones)."""
+    import re
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "tools", "kernel_sass.py"), "noop",
+                          "--segments", "--out", str(tmp_path)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    steps = run.stdout.split("basic blocks of the KV-step loop:")[1]
+    counts = lambda op: sum(int(n) for n in re.findall(rf"\b{op}:(\d+)", steps))  # noqa: E731
+    assert counts("HGMMA") == 16 and 64 <= counts("MUFU") <= 72, run.stdout
