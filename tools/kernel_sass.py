@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,10 +51,20 @@ def compile_cubin(variant: str, head_dim: int, override: dict, out: str) -> str:
     return max(glob.glob(os.path.join(out, "**", "*.cubin"), recursive=True), key=os.path.getmtime)
 
 
-def disassemble(cubin: str) -> str:
-    import triton
+def nvdisasm_path() -> Optional[str]:
+    """The nvdisasm that ships with Triton's NVIDIA backend, or None without one."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    return path if os.path.exists(path) else None
 
-    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+
+def disassemble(cubin: str) -> str:
+    nvdisasm = nvdisasm_path()
+    if nvdisasm is None:
+        raise SystemExit("kernel_sass.py needs Triton's nvdisasm (pip install triton)")
     return subprocess.run([nvdisasm, "-c", "-g", cubin], capture_output=True, text=True, check=True).stdout
 
 
