@@ -26,8 +26,10 @@ def sparse_rows(sparse, batch_idx: Int32, head_idx: Int32, m_block: Int32,
     anything. A row is (index tensor, b', h', q-block).
 
     Not a 1-D view of the tensor: a view's base pointer is one more 64-bit value live
-    across the mainloop, and the two of them made ptxas serialize the wgmmas at hdim 128
-    (C7512); indexing the 4-D tensor reuses values it keeps anyway."""
+    across the KV loop, and the two of them made ptxas serialize the consumers' wgmmas at
+    hdim 128 (C7512) back when the consumers read the lists too; indexing the 4-D tensor
+    reuses values it keeps anyway. Since Note [kv tile ring] (hopper_fwd.py) only the
+    producer warp reads the rows."""
     cnt, idx, full_cnt, full_idx = sparse
     b = batch_idx % cnt.shape[0]
     h = head_idx % cnt.shape[1]

@@ -16,7 +16,9 @@ Structure (FA3/FA4 style):
   (Note [intra-warpgroup overlap]) and the warpgroups take turns issuing their GEMMs
   (Note [pingpong], hdim <= 128). The O accumulator is rescaled only when a row max
   moved far (Note [lazy rescale] in softmax.py).
-- masked launches walk q-tiles last-to-first (Note [LPT order]).
+- masked launches walk q-tiles last-to-first (Note [LPT order]). With a BlockMask the
+  producer reads the block lists and passes each KV tile's index to the consumers next
+  to its K slot (Note [kv tile ring]).
 - epilogue: O -> 16-bit -> smem -> one TMA store; LSE from registers. sO has its own
   buffer where it fits (Note [own sO]), else aliases sQ; at hdim 128 Q has two buffers,
   so the next tile's Q loads during this one (Note [Q ring]).
@@ -44,7 +46,7 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.utils import LayoutEnum
 
-from .block_sparse import sparse_row, sparse_rows, sparse_tile
+from .block_sparse import sparse_row, sparse_tile
 from .config import FwdConfig
 from .fragments import as_mn, as_operand_a, store_16bit, transpose_smem_view
 from .apply_mods import apply_mask_mod, apply_score_mod, apply_seqlen_mask
@@ -87,6 +89,7 @@ def _shared_storage(dtype, stages: int, q_stages: int, q_elems: int, k_elems: in
         "mbar_v": cute.struct.MemRange[cutlass.Int64, stages * 2],
         "mbar_tile": cute.struct.MemRange[cutlass.Int64, 2 * 2],  # Note [dynamic tile scheduler]
         "tile_ids": cute.struct.MemRange[Int32, 2],
+        "kv_tiles": cute.struct.MemRange[Int32, stages],  # Note [kv tile ring]
         "sQ": cute.struct.Align[cute.struct.MemRange[dtype, q_elems if separate_o
                                                      else max(q_elems, o_elems)], 1024],
         "sK": cute.struct.Align[cute.struct.MemRange[dtype, k_elems], 1024],
@@ -267,6 +270,7 @@ class HopperFlexFwd:
                 consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_threads),
                 barrier_storage=storage.mbar_tile.data_ptr(), defer_sync=True)
             sched = (pipe_tile, storage.tile_ids.get_tensor(cute.make_layout(2)), tile_counter)
+        s_kv = storage.kv_tiles.get_tensor(cute.make_layout(self.num_stages))
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 
@@ -292,13 +296,14 @@ class HopperFlexFwd:
             cute.arch.setmaxregister_decrease(self.cfg.producer_regs)
             if warp_idx == 0:
                 self.load(mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
-                          pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, sched)
+                          pipe_q, pipe_k, pipe_v, s_kv, qhead_per_kvhead, seqlen_k, ids, sparse,
+                          sched)
         else:
             cute.arch.setmaxregister_increase(self.cfg.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - 128
             self.consume(mO, mLSE, mMax, sQ, sK, sV, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
-                         pipe_q, pipe_k, pipe_v, tidx, warp_idx, scale_log2, softmax_scale,
-                         seqlen_k, ids, sparse, aux_tensors, aux_scalars, sched)
+                         pipe_q, pipe_k, pipe_v, s_kv, tidx, warp_idx, scale_log2,
+                         softmax_scale, seqlen_k, ids, sparse, aux_tensors, aux_scalars, sched)
 
     @cute.jit
     def decode_tile(self, tile: Int32, ids):
@@ -327,9 +332,11 @@ class HopperFlexFwd:
         """(#tiles needing mask_mod, #tiles without, partial row, full row) of this q-tile.
 
         Note [visit order]: without sparsity, KV tiles from last to first (the seqlen tail
-        first); with it, the partial blocks' tiles, then the full blocks' tiles. Producer
-        and consumers walk the same two lists (list_tile). Without sparsity every tile is
-        'partial' when there is a mask_mod and 'full' otherwise; the rows are None."""
+        first); with it, the partial blocks' tiles, then the full blocks' tiles. The producer
+        walks the two lists (visit_tile) and hands each tile's index to the consumers
+        (Note [kv tile ring]), which read only the counts: tile t gets mask_mod when
+        t < #partial. Without sparsity every tile is 'partial' when there is a mask_mod
+        and 'full' otherwise; the rows are None."""
         n_part, n_full = Int32(0), Int32(0)
         part_row, full_row = None, None
         if const_expr(self.has_sparse):
@@ -342,14 +349,6 @@ class HopperFlexFwd:
             else:
                 n_full = total
         return n_part, n_full, part_row, full_row
-
-    @cute.jit
-    def visit_rows(self, m_block, head_idx, batch_idx, sparse):
-        """visit_lists' two rows without its loads (None, None without sparsity)."""
-        part_row, full_row = None, None
-        if const_expr(self.has_sparse):
-            part_row, full_row = sparse_rows(sparse, batch_idx, head_idx, m_block, self.q_ratio)
-        return part_row, full_row
 
     @cute.jit
     def tile_work(self, tile, n_tiles, ids, seqlen_k, sparse):
@@ -375,12 +374,12 @@ class HopperFlexFwd:
 
     @cute.jit
     def load(self, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V,
-             pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse, sched):
+             pipe_q, pipe_k, pipe_v, s_kv, qhead_per_kvhead, seqlen_k, ids, sparse, sched):
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer,
                                                self.cfg.q_stages)
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         args = (mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K, tma_atom_V, pipe_q, pipe_k,
-                pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse)
+                pipe_v, s_kv, qhead_per_kvhead, seqlen_k, ids, sparse)
         tile = cute.arch.block_idx()[0]
         if const_expr(not self.cfg.persistent):
             self.load_tile(tile, q_state, state, *args)
@@ -435,7 +434,8 @@ class HopperFlexFwd:
 
     @cute.jit
     def load_tile(self, tile, q_state, state, mQ, mK, mV, sQ, sK, sV, tma_atom_Q, tma_atom_K,
-                  tma_atom_V, pipe_q, pipe_k, pipe_v, qhead_per_kvhead, seqlen_k, ids, sparse):
+                  tma_atom_V, pipe_q, pipe_k, pipe_v, s_kv, qhead_per_kvhead, seqlen_k, ids,
+                  sparse):
         m_block, head_idx, batch_idx = self.decode_tile(tile, ids)
         n_part, n_full, part_row, full_row = self.visit_lists(m_block, head_idx, batch_idx,
                                                               seqlen_k, sparse)
@@ -451,7 +451,7 @@ class HopperFlexFwd:
                                            cute.group_modes(gK, 0, 2))
         tVsV, tVgV = cpasync.tma_partition(tma_atom_V, 0, one, cute.group_modes(sV, 0, 2),
                                            cute.group_modes(gV, 0, 2))
-        kv = (tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV, pipe_k, pipe_v)
+        kv = (tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV, pipe_k, pipe_v, s_kv)
         total = n_part + n_full
         # Note [Q first]: a fresh CTA loads Q first, then its K/V tiles, as FA3/FA4 do. A
         # persistent CTA loads its next tile's first K/V tile before Q instead: Q waits for
@@ -464,7 +464,7 @@ class HopperFlexFwd:
         first = 0
         if const_expr(self.cfg.persistent and self.cfg.q_stages == 1):
             if total > 0:
-                n_block, _ = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
+                n_block = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
                 state = self.load_kv(n_block, state, *kv)
             first = 1
         pipe_q.producer_acquire(q_state)
@@ -473,14 +473,29 @@ class HopperFlexFwd:
         cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
         q_state.advance()
         for t in cutlass.range(first, total, unroll=1):
-            n_block, _ = self.visit_tile(t, n_part, part_row, full_row, seqlen_k)
+            n_block = self.visit_tile(t, n_part, part_row, full_row, seqlen_k)
             state = self.load_kv(n_block, state, *kv)
         return q_state, state
 
     @cute.jit
     def load_kv(self, n_block, state, tma_atom_K, tma_atom_V, tKgK, tKsK, tVgV, tVsV,
-                pipe_k, pipe_v):
-        pipe_k.producer_acquire(state)
+                pipe_k, pipe_v, s_kv):
+        """Loads KV tile n_block into the ring slot `state`.
+
+        Note [kv tile ring]: with a BlockMask the producer also writes n_block to the
+        slot's entry of s_kv, between waiting for the slot to be free and its arrive on
+        the slot's full barrier (which releases the write to whoever waits on it). The
+        consumers read it there after their wait for K instead of reading the block lists
+        themselves: a full causal KV step went from 438 to 427 SASS instructions (the
+        dense step: 426; tools/kernel_sass.py) and masked cases gained 2-4% on the H100
+        (NOTES.md, session 10). Every lane writes the same value, so the elected lane
+        that arrives has written it."""
+        if const_expr(self.has_sparse):
+            pipe_k.sync_object_empty.wait(state.index, state.phase)
+            s_kv[state.index] = n_block
+            pipe_k.producer_acquire(state, try_acquire_token=True)  # the arrive only
+        else:
+            pipe_k.producer_acquire(state)
         cute.copy(tma_atom_K, tKgK[None, n_block], tKsK[None, state.index],
                   tma_bar_ptr=pipe_k.producer_get_barrier(state))
         pipe_v.producer_acquire(state)
@@ -491,8 +506,8 @@ class HopperFlexFwd:
 
     @cute.jit
     def consume(self, mO, mLSE, mMax, sQ, sK, sV, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
-                pipe_q, pipe_k, pipe_v, tidx, warp_idx, scale_log2, softmax_scale, seqlen_k,
-                ids, sparse, aux_tensors, aux_scalars, sched):
+                pipe_q, pipe_k, pipe_v, s_kv, tidx, warp_idx, scale_log2, softmax_scale,
+                seqlen_k, ids, sparse, aux_tensors, aux_scalars, sched):
         wg = cute.arch.make_warp_uniform(tidx // 128)
         thr_mma_qk = tiled_mma_qk.get_slice(tidx)
         wg_mma_qk = tiled_mma_qk.get_slice(wg * 128)
@@ -517,7 +532,7 @@ class HopperFlexFwd:
                                          number_of_threads=self.sched_threads)
         frags = (s_shape, wg_mma_pv, tSrQ, tSrK, tOrVt, softmax, wg, thr_mma_qk)
         args = (mO, mLSE, mMax, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k,
-                pipe_v, tidx, warp_idx, softmax_scale, seqlen_k, ids, sparse, aux_tensors,
+                pipe_v, s_kv, tidx, warp_idx, softmax_scale, seqlen_k, ids, sparse, aux_tensors,
                 aux_scalars)
         tile = cute.arch.block_idx()[0]
         if const_expr(not self.cfg.persistent):
@@ -554,7 +569,7 @@ class HopperFlexFwd:
 
     @cute.jit
     def consume_tile(self, tile, q_state, state, frags, mO, mLSE, mMax, sO, tma_atom_O,
-                     tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k, pipe_v, tidx, warp_idx,
+                     tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k, pipe_v, s_kv, tidx, warp_idx,
                      softmax_scale, seqlen_k, ids, sparse, aux_tensors, aux_scalars):
         s_shape, wg_mma_pv, tSrQ, tSrK, tOrVt, softmax, wg, thr_mma_qk = frags
         # Register fragments are created per tile: wgmma reads its accumulator operand
@@ -564,7 +579,7 @@ class HopperFlexFwd:
         acc_O = cute.make_rmem_tensor(wg_mma_pv.partition_shape_C((self.tile_m, self.hdv)), Float32)
         tOrP = wg_mma_pv.make_fragment_A(wg_mma_pv.partition_shape_A((self.tile_m, self.tile_n)))
         m_block, head_idx, batch_idx = self.decode_tile(tile, ids)
-        lists = self.visit_lists(m_block, head_idx, batch_idx, seqlen_k, sparse)
+        n_part, n_full, _, _ = self.visit_lists(m_block, head_idx, batch_idx, seqlen_k, sparse)
         acc_O.fill(0.0)
         # Defined before the first (zero-initializing) QK^T, which still names acc_S as an
         # input: otherwise the previous tile's acc_S stays live around the persistent
@@ -575,9 +590,9 @@ class HopperFlexFwd:
         if const_expr(self.cfg.q_stages > 1):
             tSrQ = tSrQ[None, None, None, q_state.index]
         state = self.mainloop(state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg,
-                              tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk,
-                              softmax_scale, seqlen_k, m_block, head_idx, batch_idx, lists,
-                              aux_tensors, aux_scalars)
+                              tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v, s_kv, thr_mma_qk,
+                              softmax_scale, seqlen_k, m_block, head_idx, batch_idx, n_part,
+                              n_full, aux_tensors, aux_scalars)
         # Note [own sO]: with its own sO buffer, Q is free once the mainloop's QK^Ts are
         # done, so the producer loads the next tile's Q while this tile's epilogue runs;
         # aliased, sQ is free only after the epilogue's O store has read it.
@@ -592,7 +607,7 @@ class HopperFlexFwd:
 
     @cute.jit
     def consume_overlapped(self, q_state, state, frags, sched, mO, mLSE, mMax, sO, tma_atom_O,
-                           tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k, pipe_v, tidx, warp_idx,
+                           tiled_mma_qk, tiled_mma_pv, pipe_q, pipe_k, pipe_v, s_kv, tidx, warp_idx,
                            softmax_scale, seqlen_k, ids, sparse, aux_tensors, aux_scalars):
         """The dynamic tile loop with Note [cross-tile overlap].
 
@@ -628,25 +643,20 @@ class HopperFlexFwd:
         if tile < n_tiles:
             pipe_q.consumer_wait(q_state)
         if n_part + n_full > 0:
-            part_row, full_row = self.visit_rows(m_block, head_idx, batch_idx, sparse)
-            n_block, is_partial = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
             state, state_v = self.first_step(
-                n_block, is_partial, state, acc_S, tSrQ[None, None, None, q_state.index], tSrK,
-                tOrP, softmax, tiled_mma_qk, pipe_k,
+                0 < n_part, state, acc_S, tSrQ[None, None, None, q_state.index], tSrK,
+                tOrP, softmax, tiled_mma_qk, pipe_k, s_kv,
                 self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block,
                               head_idx, batch_idx, aux_tensors, aux_scalars))
         while tile < n_tiles:
             # the rest of this tile's KV steps
-            part_row, full_row = self.visit_rows(m_block, head_idx, batch_idx, sparse)
             mods = self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block,
                                  head_idx, batch_idx, aux_tensors, aux_scalars)
             mma = (acc_S, acc_O, tSrQ[None, None, None, q_state.index], tSrK, tOrVt, tOrP,
-                   softmax, wg, tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v)
+                   softmax, wg, tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v, s_kv)
             total = n_part + n_full
             for t in cutlass.range(1, total, unroll=1):
-                n_block, is_partial = self.visit_tile(t, n_part, part_row, full_row, seqlen_k)
-                state, state_v = self.overlapped_step(n_block, is_partial, state, state_v, *mma,
-                                                      mods)
+                state, state_v = self.overlapped_step(t, t < n_part, state, state_v, *mma, mods)
             pipe_q.consumer_release(q_state)  # every QK^T of this tile is done
             q_state.advance()
             # the boundary: this tile's last P V, the next tile's first QK^T
@@ -677,10 +687,9 @@ class HopperFlexFwd:
             warpgroup.wait_group(0)
             acc_O.fill(0.0)  # after the wait: Note in epilogue
             if nxt_work:
+                n_block = self.waited_tile(Int32(0), state, s_kv, seqlen_k)
                 pipe_k.consumer_release(state)
-                nxt_rows = self.visit_rows(nxt_m, nxt_h, nxt_b, sparse)
-                n_block, is_partial = self.visit_tile(Int32(0), nxt_part, *nxt_rows, seqlen_k)
-                self.first_softmax(acc_S, tOrP, n_block, is_partial, softmax,
+                self.first_softmax(acc_S, tOrP, n_block, 0 < nxt_part, softmax,
                                    self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale,
                                                  seqlen_k, nxt_m, nxt_h, nxt_b, aux_tensors,
                                                  aux_scalars))
@@ -691,28 +700,24 @@ class HopperFlexFwd:
 
     @cute.jit
     def mainloop(self, state, acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk,
-                 tiled_mma_pv, pipe_k, pipe_v, thr_mma_qk, softmax_scale, seqlen_k, m_block,
-                 head_idx, batch_idx, lists, aux_tensors, aux_scalars):
+                 tiled_mma_pv, pipe_k, pipe_v, s_kv, thr_mma_qk, softmax_scale, seqlen_k, m_block,
+                 head_idx, batch_idx, n_part, n_full, aux_tensors, aux_scalars):
         """Note [intra-warpgroup overlap]: QK^T of tile j and P V of tile j-1 are in flight
         together; the softmax of tile j runs while P V (j-1) finishes.
 
         Partial and full tiles share one loop with a run-time test for mask_mod: two
         loops with compile-time-specialized bodies (FA3/FA4's layout) made ptxas
         serialize the wgmmas at hdim 128 (C7512), one loop does not."""
-        n_part, n_full, part_row, full_row = lists
         mods = self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block,
                              head_idx, batch_idx, aux_tensors, aux_scalars)
         mma = (acc_S, acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk, tiled_mma_pv,
-               pipe_k, pipe_v)
+               pipe_k, pipe_v, s_kv)
         total = n_part + n_full
         if total > 0:
-            n_block, is_partial = self.visit_tile(Int32(0), n_part, part_row, full_row, seqlen_k)
-            state, state_v = self.first_step(n_block, is_partial, state, acc_S, tSrQ, tSrK,
-                                             tOrP, softmax, tiled_mma_qk, pipe_k, mods)
+            state, state_v = self.first_step(0 < n_part, state, acc_S, tSrQ, tSrK, tOrP, softmax,
+                                             tiled_mma_qk, pipe_k, s_kv, mods)
             for t in cutlass.range(1, total, unroll=1):
-                n_block, is_partial = self.visit_tile(t, n_part, part_row, full_row, seqlen_k)
-                state, state_v = self.overlapped_step(n_block, is_partial, state, state_v, *mma,
-                                                      mods)
+                state, state_v = self.overlapped_step(t, t < n_part, state, state_v, *mma, mods)
             pipe_v.consumer_wait(state_v)
             _gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, state_v.index],
                   zero_init=False, wait=0)
@@ -728,11 +733,12 @@ class HopperFlexFwd:
                     aux_scalars=aux_scalars)
 
     @cute.jit
-    def first_step(self, n_block, is_partial, state, acc_S, tSrQ, tSrK, tOrP, softmax,
-                   tiled_mma_qk, pipe_k, mods):
+    def first_step(self, is_partial, state, acc_S, tSrQ, tSrK, tOrP, softmax,
+                   tiled_mma_qk, pipe_k, s_kv, mods):
         """A q-tile's first KV tile on its own (no P V to overlap with): QK^T, then
         first_softmax. Returns (next K/V slot, the slot its P V will read)."""
         pipe_k.consumer_wait(state)
+        n_block = self.waited_tile(Int32(0), state, s_kv, mods["seqlen_k"])
         _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
               zero_init=True, wait=0)
         pipe_k.consumer_release(state)
@@ -751,25 +757,39 @@ class HopperFlexFwd:
 
     @cute.jit
     def visit_tile(self, t: Int32, n_part: Int32, part_row, full_row, seqlen_k: Int32):
-        """(kv tile index, whether mask_mod applies) of the t-th visited tile: the partial
-        list first, then the full list (Note [visit order])."""
-        is_partial = t < n_part
+        """Producer side: the KV tile index of the t-th visited tile, the partial list
+        first, then the full list (Note [visit order]). mask_mod applies to the first
+        n_part tiles."""
         n_block = Int32(0)
         if const_expr(full_row is None or not self.has_sparse):
             n_block = self.list_tile(part_row, t, seqlen_k)
         else:
-            if is_partial:
+            if t < n_part:
                 n_block = self.list_tile(part_row, t, seqlen_k)
             else:
                 n_block = self.list_tile(full_row, t - n_part, seqlen_k)
-        return n_block, is_partial
+        return n_block
 
     @cute.jit
-    def overlapped_step(self, n_block, apply_mask, state, state_v, acc_S,
+    def waited_tile(self, t: Int32, state, s_kv, seqlen_k: Int32) -> Int32:
+        """Consumer side of visit_tile: the KV tile index of the t-th visited tile, once
+        its K slot (`state`) has been waited for. With a BlockMask, the producer's entry
+        in s_kv (Note [kv tile ring]); without, the dense order."""
+        n_block = Int32(0)
+        if const_expr(self.has_sparse):
+            n_block = s_kv[state.index]
+        else:
+            n_block = self.list_tile(None, t, seqlen_k)
+        return n_block
+
+    @cute.jit
+    def overlapped_step(self, t, apply_mask, state, state_v, acc_S,
                         acc_O, tSrQ, tSrK, tOrVt, tOrP, softmax, wg, tiled_mma_qk, tiled_mma_pv,
-                        pipe_k, pipe_v, mods):
-        """QK^T(j) and P V(j-1) issued together, then tile j's mods and softmax."""
+                        pipe_k, pipe_v, s_kv, mods):
+        """QK^T(j) and P V(j-1) issued together, then tile j's mods and softmax; t: the
+        tile's place in the visit order."""
         pipe_k.consumer_wait(state)
+        n_block = self.waited_tile(t, state, s_kv, mods["seqlen_k"])
         self.sched_sync(wg)
         _gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index],
               zero_init=True, wait=-1)
