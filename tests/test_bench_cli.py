@@ -110,6 +110,22 @@ def test_failures_become_rows_and_a_wrong_kernel_of_ours_fails_the_command(tmp_p
     assert "ERROR: RuntimeError: kernel exploded" in capsys.readouterr().out
 
 
+def test_min_time_raises_the_reps_of_fast_ops_only():
+    """--min-time: an op gets enough reps for its timed runs to take that long (from its
+    warm-up runs' time), never fewer than --reps and at most max_reps."""
+    import time as _time
+    slow = (lambda: _time.sleep(0.02), [()])
+    fast = (lambda: _time.sleep(0.002), [()])
+    t_slow, t_fast = timing.time_ops([slow, fast], torch.device("cpu"), reps=3, warmup=2,
+                                     min_seconds=0.04)
+    assert t_slow.reps == 3  # 3 x 20 ms is already past 40 ms
+    assert 8 <= t_fast.reps <= 20  # about 40 ms / 2 ms, less when sleep oversleeps
+    capped = timing.time_ops([fast], torch.device("cpu"), reps=3, warmup=2, min_seconds=0.04,
+                             max_reps=5)
+    assert capped[0].reps == 5
+    assert timing.reps_for(30, 0.001, 0.0, 2000) == 30  # off by default
+
+
 def test_timed_ops_are_interleaved():
     """Each op: warm-up, then per round a lead-in and its share of the reps; rounds turn
     the order, so no op's runs all come before another's."""

@@ -29,16 +29,16 @@ DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
 
 DEFAULTS = {
     "cuda": dict(variants=list(VARIANTS), seqlens=[2048, 8192], head_dims=[128], batch=4, heads=16,
-                 dtypes=["bf16"], modes=["fwd", "fwdbwd"], reps=30, warmup=5,
+                 dtypes=["bf16"], modes=["fwd", "fwdbwd"], reps=30, warmup=5, min_time=0.5,
                  backends=["fa4", "triton", "torch_flex", "torch_flex_flash", "fa4_upstream",
                            "sdpa_cudnn", "sdpa_flash"]),
     "cpu": dict(variants=["noop", "causal", "sliding_window", "document_causal", "alibi_causal", "softcap_causal"],
                 seqlens=[256, 512], head_dims=[64], batch=1, heads=2, dtypes=["fp32"], modes=["fwd"],
-                reps=10, warmup=2, backends=["reference", "torch_flex_eager"]),
+                reps=10, warmup=2, min_time=0.0, backends=["reference", "torch_flex_eager"]),
 }
 QUICK = {
     "cuda": dict(variants=["noop", "causal", "sliding_window", "document_causal", "alibi_causal"],
-                 seqlens=[2048], modes=["fwd"], reps=10, warmup=2),
+                 seqlens=[2048], modes=["fwd"], reps=10, warmup=2, min_time=0.0),
     "cpu": dict(variants=["noop", "causal", "document_causal"], seqlens=[256], reps=3, warmup=1),
 }
 
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int)
     p.add_argument("--reps", type=int, help="timed runs per measurement (the median is reported)")
     p.add_argument("--warmup", type=int)
+    p.add_argument("--min-time", type=float, metavar="SECONDS",
+                   help="raise --reps so each backend's timed runs take at least this long "
+                        "(default 0.5 on CUDA, 0 with --quick and on CPU; at most 2000 runs)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="start no run after this many seconds; the rest are listed as not run (for device calls)")
@@ -91,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         given = _flatten(getattr(args, name))
         if given is not None:
             opts[name] = given
-    for name in ("batch", "heads", "reps", "warmup"):
+    for name in ("batch", "heads", "reps", "warmup", "min_time"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
     bad = [d for d in opts["dtypes"] if d not in DTYPES]
@@ -106,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(variants=opts["variants"], seqlens=opts["seqlens"], head_dims=opts["head_dims"],
                        batch=opts["batch"], heads=opts["heads"], dtypes=[DTYPES[d] for d in opts["dtypes"]],
                        modes=modes, backends=opts["backends"], device=device, reps=opts["reps"],
-                       warmup=opts["warmup"], time_limit_s=args.time_limit)
+                       warmup=opts["warmup"], min_time_s=opts["min_time"], time_limit_s=args.time_limit)
 
 
 def _version(dist: str) -> Optional[str]:

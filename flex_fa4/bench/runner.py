@@ -40,6 +40,7 @@ class SweepConfig:
     device: torch.device
     reps: int
     warmup: int
+    min_time_s: float = 0.0  # timed runs per op take at least this long (more reps, see time_ops)
     check_pairs: int = 1 << 32  # most (b, h, q, kv) pairs the reference check computes
     seed: int = 0
     time_limit_s: Optional[float] = None  # start no run after this many seconds
@@ -64,6 +65,7 @@ class Result:
     first_call_s: Optional[float] = None
     ms: Optional[float] = None
     min_ms: Optional[float] = None
+    reps: Optional[int] = None  # timed runs behind ms / min_ms
     tflops: Optional[float] = None
     rel_err: Optional[float] = None  # worst relative error over out (and dq, dk, dv)
 
@@ -178,7 +180,8 @@ def _check_one(case: Case, runner, mods: Mods, inputs: _Inputs, base: dict):
 def _time_checked(checked: list[_Checked], case: Case, cfg: SweepConfig) -> list[Result]:
     """Time the checked backends of one case together (interleaved, see time_ops)."""
     try:
-        timings = time_ops([(c.op, c.sets) for c in checked], case.device, reps=cfg.reps, warmup=cfg.warmup)
+        timings = time_ops([(c.op, c.sets) for c in checked], case.device, reps=cfg.reps, warmup=cfg.warmup,
+                           min_seconds=cfg.min_time_s)
     except Exception as e:  # noqa: BLE001 - then time them one by one to find the one that fails
         if len(checked) == 1:
             return [_failure(checked[0].base, e)]
@@ -187,7 +190,8 @@ def _time_checked(checked: list[_Checked], case: Case, cfg: SweepConfig) -> list
     for c, t in zip(checked, timings):
         flops = c.base["flops"]
         tflops = flops / (t.median_ms * 1e-3) / 1e12 if flops else None
-        out.append(Result(**c.base, status="ok", ms=t.median_ms, min_ms=t.min_ms, tflops=tflops))
+        out.append(Result(**c.base, status="ok", ms=t.median_ms, min_ms=t.min_ms, reps=t.reps,
+                          tflops=tflops))
     return out
 
 
