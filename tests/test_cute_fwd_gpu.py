@@ -415,6 +415,20 @@ def call_overhead_us(n=200):
     return (t1 - t0) / n * 1e6
 
 
+def bench_inputs(mask_fn, B, H, S, D):
+    """Random bf16 (q, k, v), the 128x128 block-sparse tensors of mask_fn (None without
+    one) and the fraction of unmasked pairs, for timing a (B, H, S, D) case."""
+    q = torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    bs, density = None, 1.0
+    if mask_fn is not None:
+        bs = (*block_mask_tensors(mask_fn, B, H, S, S, 128, 128, "cuda"), 128, 128)
+        idx = torch.arange(S, device="cuda")
+        zero = torch.zeros((), dtype=torch.long, device="cuda")
+        density = mask_fn(zero, zero, idx.view(-1, 1), idx.view(1, -1)).float().mean().item()
+    return q, k, v, bs, density
+
+
 def bench(label, D=128, variant="none", S=8192, B=4, H=16, iters=50, **cfg_override):
     """Forward TFLOP/s counted on unmasked (q, kv) pairs, like the peers table."""
     import cute_kernels as ck
@@ -425,14 +439,7 @@ def bench(label, D=128, variant="none", S=8192, B=4, H=16, iters=50, **cfg_overr
     ts, tm = traced(score_fn, mask_fn)
     if full_mask:
         mask_fn = lambda b, h, q_idx, kv_idx: q_idx >= 0  # noqa: E731
-    q = torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16)
-    k, v = torch.randn_like(q), torch.randn_like(q)
-    bs, density = None, 1.0
-    if mask_fn is not None:
-        bs = (*block_mask_tensors(mask_fn, B, H, S, S, 128, 128, "cuda"), 128, 128)
-        idx = torch.arange(S, device="cuda")
-        zero = torch.zeros((), dtype=torch.long, device="cuda")
-        density = mask_fn(zero, zero, idx.view(-1, 1), idx.view(1, -1)).float().mean().item()
+    q, k, v, bs, density = bench_inputs(mask_fn, B, H, S, D)
     cfg = _cfg(D, D, 128 if bs is not None else None, **cfg_override)
     f = lambda: ck.flash_attn_fwd(q, k, v, scale=D ** -0.5, block_sparse=bs, score_mod=ts,
                                   mask_mod=tm, _config=cfg)
