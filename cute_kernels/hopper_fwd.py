@@ -487,7 +487,7 @@ class HopperFlexFwd:
         the slot's full barrier (which releases the write to whoever waits on it). The
         consumers read it there after their wait for K instead of reading the block lists
         themselves: a full causal KV step went from 438 to 427 SASS instructions (the
-        dense step: 426; tools/kernel_sass.py) and masked cases gained 2-4% on the H100
+        dense step: 426; tools/kernel_sass.py) and masked cases gained 2-5% on the H100
         (NOTES.md, session 10). Every lane writes the same value, so the elected lane
         that arrives has written it."""
         if const_expr(self.has_sparse):
