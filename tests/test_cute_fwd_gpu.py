@@ -16,6 +16,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dense_reference import poison_free_memory  # noqa: E402
+
 ON_H100 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 gpu = pytest.mark.skipif(not ON_H100, reason="needs an sm90 (H100/H200) GPU")
 
@@ -212,9 +214,7 @@ def run_case(case, seed=None, key_growth=None, **cfg_override):
         per = next((x[len("per_"):] for x in sp[2:]), False)  # "bh", "b", "h" or none
         block_sparse = (*block_mask_tensors(mask_t, B, Hq, Sq, Skv, sp[0], sp[1], dev,
                                             per_bh=per), sp[0], sp[1])
-    # poison the caching allocator so stale memory reads show up as NaN
-    junk = torch.full((64 << 20,), float("nan"), device=dev)
-    del junk
+    poison_free_memory(dev)
     out, lse, mx = ck.flash_attn_fwd(q, k, v, scale=scale, block_sparse=block_sparse,
                                      mask_mod=spec, return_max_scores=True,
                                      _config=_cfg(D, Dv, sp[0] if sp else None, **cfg_override))
@@ -350,8 +350,7 @@ def run_traced_case(case, seed=None, score_fn=None, mask_fn=None):
     bs = None
     if sp is not None:
         bs = (*block_mask_tensors(mask_fn, B, Hq, Sq, Skv, sp[0], sp[1], "cuda"), sp[0], sp[1])
-    junk = torch.full((64 << 20,), float("nan"), device="cuda")
-    del junk
+    poison_free_memory()
     out, lse, _ = ck.flash_attn_fwd(q, k, v, scale=D ** -0.5, block_sparse=bs, score_mod=ts,
                                     mask_mod=tm)
     torch.cuda.synchronize()
@@ -380,8 +379,7 @@ def test_a_plan_refuses_other_layouts_and_misaligned_inputs(seed):
     q, k, v = (torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     plan = ck.ForwardPlan(q, k, v, scale=0.1)
     ref, ref_lse, _ = reference(q, k, v, 0.1)
-    junk = torch.full((64 << 20,), float("nan"), device="cuda")  # poison the outputs' memory
-    del junk
+    poison_free_memory()
     out, lse, _ = plan(q, k, v)
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2, f"seed={seed}"
     with pytest.raises(ValueError, match="other shapes, strides"):
@@ -565,8 +563,7 @@ def test_block_lists_with_a_strided_last_dim():
     assert strided[0].stride(-1) == 2
 
     def run(lists):
-        junk = torch.full((64 << 20,), float("nan"), device="cuda")  # poison the allocator
-        del junk
+        poison_free_memory()
         return ck.flash_attn_fwd(q, k, v, block_sparse=(cnt, lists[0], fcnt, lists[1], 128, 128),
                                  mask_mod=spec)[0]
 

@@ -7,7 +7,7 @@ import torch
 from flex_fa4 import AuxRequest, create_block_mask, explain, flex_attention
 from flex_fa4.backends import BACKENDS, decide
 
-from dense_reference import dense_attention, rel_err
+from dense_reference import dense_attention, poison_free_memory, rel_err
 from test_reference import VARIANTS, make_variant
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -92,8 +92,7 @@ def test_fa4_repeats_reuse_one_launch_plan(seed):
     plans = set()
     for step in range(3):
         q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        junk = torch.full((64 << 20,), float("nan"), device="cuda")  # poison the output's memory
-        del junk
+        poison_free_memory()
         out = flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, backend="fa4")
         ref = dense_attention(q, k, v, score_mod, causal_mask)[0]
         assert rel_err(out, ref) < 1e-2, f"step {step} seed={seed}"
