@@ -34,6 +34,7 @@ contiguous and other strides 16-byte aligned (TMA).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import cuda.bindings.driver as cuda
@@ -311,10 +312,10 @@ class HopperFlexFwd:
 
         Note [LPT order]: with a mask, late q-tiles usually have the most KV tiles
         (causal-like), and CTAs launch in id order. The (batch, head) pairs are cut into
-        sections of `l2_heads` whose K/V fit in L2 together; inside a section the tiles go
-        heaviest q-tile first across all its heads, so light tiles fill the last wave while
-        the CTAs in flight share a few heads' K/V in L2. Without a mask, a head's q-tiles
-        run together in order."""
+        sections of `l2_heads` whose K/V fit in L2 together (Note [L2 sections] in
+        interface.py); inside a section the tiles go heaviest q-tile first across all its
+        heads, so light tiles fill the last wave while the CTAs in flight share a few
+        heads' K/V in L2. Without a mask, a head's q-tiles run together in order."""
         num_m, n_h, n_b, l2_heads = ids
         m_block, hb = tile % num_m, tile // num_m
         if const_expr(self.reverse_m):
@@ -639,19 +640,19 @@ class HopperFlexFwd:
         tile, t_state = self.receive_tile(t_state, pipe_tile, s_tile)
         m_block, head_idx, batch_idx, n_part, n_full = self.tile_work(tile, n_tiles, ids,
                                                                       seqlen_k, sparse)
+        # tile_mods(m_block, head, batch): mods_masks_max's arguments for that q-tile
+        tile_mods = partial(self.mod_args, thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k,
+                            aux_tensors=aux_tensors, aux_scalars=aux_scalars)
         state_v = state.clone()
         if tile < n_tiles:
             pipe_q.consumer_wait(q_state)
         if n_part + n_full > 0:
             state, state_v = self.first_step(
                 0 < n_part, state, acc_S, tSrQ[None, None, None, q_state.index], tSrK,
-                tOrP, softmax, tiled_mma_qk, pipe_k, s_kv,
-                self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block,
-                              head_idx, batch_idx, aux_tensors, aux_scalars))
+                tOrP, softmax, tiled_mma_qk, pipe_k, s_kv, tile_mods(m_block, head_idx, batch_idx))
         while tile < n_tiles:
             # the rest of this tile's KV steps
-            mods = self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale, seqlen_k, m_block,
-                                 head_idx, batch_idx, aux_tensors, aux_scalars)
+            mods = tile_mods(m_block, head_idx, batch_idx)
             mma = (acc_S, acc_O, tSrQ[None, None, None, q_state.index], tSrK, tOrVt, tOrP,
                    softmax, wg, tiled_mma_qk, tiled_mma_pv, pipe_k, pipe_v, s_kv)
             total = n_part + n_full
@@ -690,9 +691,7 @@ class HopperFlexFwd:
                 n_block = self.waited_tile(Int32(0), state, s_kv, seqlen_k)
                 pipe_k.consumer_release(state)
                 self.first_softmax(acc_S, tOrP, n_block, 0 < nxt_part, softmax,
-                                   self.mod_args(thr_mma_qk, tiled_mma_qk, softmax_scale,
-                                                 seqlen_k, nxt_m, nxt_h, nxt_b, aux_tensors,
-                                                 aux_scalars))
+                                   tile_mods(nxt_m, nxt_h, nxt_b))
                 state_v = state.clone()
                 state.advance()
             tile, m_block, head_idx, batch_idx = nxt, nxt_m, nxt_h, nxt_b

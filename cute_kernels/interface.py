@@ -74,12 +74,21 @@ def _tile_counter(device) -> torch.Tensor:
     return counter
 
 
-L2_BYTES_FOR_KV = 50 << 20  # of the H100's 50 MB / H200's 60 MB L2
+# Note [L2 sections]: the K and V bytes of one LPT section (Note [LPT order] in
+# hopper_fwd.py). The H100's 50 MB L2 is two partitions, each caching the data of the SMs
+# connected to it (NVIDIA's description), so data that every SM reads gets about half of
+# it. The DRAM reads bear that out: H100, causal S=8192, B=4 H=16 D=128 (4 MB of K and V
+# per head), Nsight Compute, sections of 2 / 4 / 8 / 16 heads read 439 / 450 / 722 / 1260
+# MB from DRAM (Q, K and V once: 403 MB; upstream FA4's 8-head sections: 568 MB), kernel
+# 1.56 / 1.55 / 1.57 / 1.59 ms; timed interleaved, 4 and 8 heads within 0.1% of each
+# other, 16 heads 2-3% slower (BENCHMARKS.md, session 11). So 4 heads: less DRAM traffic
+# (energy, under the power cap) at the same measured speed.
+L2_BYTES_FOR_KV = 25 << 20
 
 
 def _l2_heads(k, v) -> int:
     """How many (batch, head) pairs' K and V fit in L2 together, as a power of two
-    (Note [LPT order] in hopper_fwd.py); FA4's LPT scheduler sizes its sections alike."""
+    (Note [L2 sections])."""
     per_head = k.shape[2] * (k.shape[3] + v.shape[3]) * k.element_size()
     n = max(1, L2_BYTES_FOR_KV // max(per_head, 1))
     return 1 << (n.bit_length() - 1)
@@ -342,9 +351,13 @@ class ForwardPlan:
         self.aux_t, self.aux_s = aux_t or None, aux_s or None
         self.num_sms, self.l2_heads = _num_sms(q.device), _l2_heads(k, v)
 
-    def __call__(self, q, k, v):
-        """(out (B,Hq,Sq,Dv) q.dtype, lse (B,Hq,Sq) fp32 natural log, max scores or None)."""
-        if _layout(q, k, v) != self.layout:
+    def __call__(self, q, k, v, *, layout_known: bool = False):
+        """(out (B,Hq,Sq,Dv) q.dtype, lse (B,Hq,Sq) fp32 natural log, max scores or None).
+
+        layout_known: the caller has already matched q, k and v's shapes, strides, dtypes
+        and device to those the plan was built for (flex_fa4's call cache keys on them),
+        so the check (1.5 us of Python a call) is skipped."""
+        if not layout_known and _layout(q, k, v) != self.layout:
             raise ValueError("this ForwardPlan was built for q, k, v of other shapes, strides, "
                              "dtype or device; build a plan for these")
         if (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15:

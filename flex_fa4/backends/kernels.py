@@ -131,7 +131,9 @@ class FA4Backend(Backend):
         return call.kept("fa4", build)
 
     def forward(self, call: AttentionCall):
-        return self.plan(call)(call.q, call.k, call.v)
+        # the plan was built for this call's tensors, or for a call with the same cache key,
+        # which covers q, k and v's shapes, strides, dtypes and device (Note [call cache])
+        return self.plan(call)(call.q, call.k, call.v, layout_known=True)
 
     def backward(self, call: AttentionCall, out, lse, dout):
         from . import _log_once
