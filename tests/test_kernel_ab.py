@@ -1,7 +1,6 @@
 """benchmarks/kernel_ab.py on CPU: its cases are the bench's variants built as flex_attention
 builds an fa4 launch, and its old kernel package comes out of git. The timing itself needs
 a GPU (device tool)."""
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,11 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def kernel_ab():
-    spec = importlib.util.spec_from_file_location("kernel_ab", ROOT / "benchmarks" / "kernel_ab.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def kernel_ab(benchmark_script):
+    return benchmark_script("kernel_ab")
 
 
 def test_cases_are_the_bench_variants_with_their_block_masks(kernel_ab):

@@ -74,7 +74,8 @@ class Result:
 
 
 @dataclasses.dataclass
-class _Inputs:
+class Inputs:
+    """A case's input sets and the reference it is checked against (case_inputs)."""
     sets: list  # [(q, k, v[, do])] in (B, H, S, D)
     ref: list  # reference out (and dq, dk, dv) on the check slice
     check_b: int
@@ -143,16 +144,24 @@ def _reference(case: Case, mods: Mods, first_set, check_b: int, check_h: int) ->
     return [t.detach() for t in timed_callable(prep, case.mode)(*sl)]
 
 
+def case_inputs(case: Case, mods: Mods, n_sets: int, check_pairs: int, seed: int = 0) -> Inputs:
+    """`n_sets` seeded input sets and the reference outputs on the first set's check slice."""
+    sets = make_inputs(case, n_sets, seed)
+    check_b, check_h = _check_slice(case, check_pairs)
+    return Inputs(sets, _reference(case, mods, sets[0], check_b, check_h), check_b, check_h)
+
+
 @dataclasses.dataclass
-class _Checked:
-    """A backend that passed its check and waits to be timed with the case's others."""
+class Checked:
+    """A backend that passed its check: its op and its inputs in its own layout, to be
+    timed (with the case's others in the sweep; alone in benchmarks/sustained.py)."""
     base: dict
     op: Callable
     sets: list
 
 
-def _check_one(case: Case, runner, mods: Mods, inputs: _Inputs, base: dict):
-    """Prepare, first call and check: a final Result (SKIP, ERROR, WRONG) or a _Checked."""
+def check_backend(case: Case, runner, mods: Mods, inputs: Inputs, base: dict):
+    """Prepare, first call and check: a final Result (SKIP, ERROR, WRONG) or a Checked."""
     try:
         prep = runner.prepare(case, mods)
     except Skip as e:
@@ -174,10 +183,10 @@ def _check_one(case: Case, runner, mods: Mods, inputs: _Inputs, base: dict):
         names = ("out", "dq", "dk", "dv")
         detail = ", ".join(f"{n} {e:.2e}" for n, e in zip(names, errs) if not e <= tol)
         return Result(**base, status="WRONG", reason=f"relative error {detail} > {tol:g}")
-    return _Checked(base, op, sets)
+    return Checked(base, op, sets)
 
 
-def _time_checked(checked: list[_Checked], case: Case, cfg: SweepConfig) -> list[Result]:
+def _time_checked(checked: list[Checked], case: Case, cfg: SweepConfig) -> list[Result]:
     """Time the checked backends of one case together (interleaved, see time_ops)."""
     try:
         timings = time_ops([(c.op, c.sets) for c in checked], case.device, reps=cfg.reps, warmup=cfg.warmup,
@@ -273,15 +282,12 @@ def _run_case(case: Case, mods: Optional[Mods], fraction: float, cfg: SweepConfi
     inputs = None
     if why is None and not _past(deadline):
         bytes_per_set = (4 if case.mode == "fwdbwd" else 3) * case.B * case.H * case.S * case.D * case.dtype.itemsize
-        sets = make_inputs(case, n_input_sets(bytes_per_set, case.device), cfg.seed)
-        check_b, check_h = _check_slice(case, cfg.check_pairs)
         try:
-            inputs = _Inputs(sets, _reference(case, mods, sets[0], check_b, check_h), check_b, check_h)
+            inputs = case_inputs(case, mods, n_input_sets(bytes_per_set, case.device), cfg.check_pairs, cfg.seed)
         except Exception as e:  # noqa: BLE001 - nothing can be checked, so nothing is timed
-            why = (f"reference failed, nothing checked or timed ({type(e).__name__}: {e}".splitlines()[0][:300]
-                   + _where(e) + ")")
-        del sets
-    rows: list = []  # per backend: a final Result, or a _Checked still to be timed
+            why = (f"inputs or reference failed, nothing checked or timed ({type(e).__name__}: {e}"
+                   .splitlines()[0][:300] + _where(e) + ")")
+    rows: list = []  # per backend: a final Result, or a Checked still to be timed
     for name in cfg.backends:
         runner = RUNNERS[name]
         bar.set_description(f"{case.variant} S={case.S} D={case.D} {case.dtype_name} {case.mode} {name}")
@@ -292,13 +298,13 @@ def _run_case(case: Case, mods: Optional[Mods], fraction: float, cfg: SweepConfi
         elif inputs is None or _past(deadline):
             rows.append(Result(**base, status="SKIP", reason=f"not run: the {cfg.time_limit_s:g} s time limit passed"))
         else:
-            rows.append(_check_one(case, runner, mods, inputs, base))
+            rows.append(check_backend(case, runner, mods, inputs, base))
         bar.update(1)
-    checked = [r for r in rows if isinstance(r, _Checked)]
+    checked = [r for r in rows if isinstance(r, Checked)]
     if checked:
         bar.set_description(f"{case.variant} S={case.S} D={case.D} {case.dtype_name} {case.mode} timing")
         timed = iter(_time_checked(checked, case, cfg))
-        rows = [next(timed) if isinstance(r, _Checked) else r for r in rows]
+        rows = [next(timed) if isinstance(r, Checked) else r for r in rows]
     del checked
     del inputs
     if case.device.type == "cuda":
