@@ -12,22 +12,6 @@ if not torch.cuda.is_available():
 os.environ.setdefault("FLEX_FA4_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "flex_fa4_test_cache"))
 
 
-@pytest.fixture(scope="session")
-def benchmark_script():
-    """load(name): benchmarks/<name>.py imported as a module (the scripts are no package)."""
-    import importlib.util
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "benchmarks", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
-
-
 @pytest.fixture
 def seed(request):
     """A fresh seed per test, printed on failure so the case can be replayed

@@ -237,12 +237,9 @@ KERNEL_SASS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def _kernel_sass_tool():
-    import importlib.util
+    from scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("kernel_sass", KERNEL_SASS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/kernel_sass.py")
 
 
 @pytest.mark.skipif(_kernel_sass_tool().nvdisasm_path() is None, reason="needs Triton's nvdisasm")

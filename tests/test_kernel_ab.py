@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def kernel_ab(benchmark_script):
-    return benchmark_script("kernel_ab")
+def kernel_ab():
+    return load_script("benchmarks/kernel_ab.py")
 
 
 def test_cases_are_the_bench_variants_with_their_block_masks(kernel_ab):

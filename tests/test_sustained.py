@@ -6,10 +6,12 @@ import torch
 from flex_fa4.bench import variants
 from flex_fa4.bench.backends import Case, Prepared, Runner, register, unregister
 
+from scripts import load_script
+
 
 @pytest.fixture(scope="module")
-def sustained(benchmark_script):
-    return benchmark_script("sustained")
+def sustained():
+    return load_script("benchmarks/sustained.py")
 
 
 def test_samples_keep_only_pairs_of_numbers(sustained):
