@@ -25,10 +25,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flex_fa4.bench import peers  # noqa: E402,F401 - registers the peers
-from flex_fa4.bench.backends import RUNNERS, Case, Skip  # noqa: E402
+from flex_fa4.bench.backends import RUNNERS, Skip  # noqa: E402
 from flex_fa4.bench.runner import make_inputs  # noqa: E402
-from flex_fa4.bench.variants import resolve  # noqa: E402
+from flex_fa4.bench.script_args import add_case_options, cases  # noqa: E402
 
 SPIN_S = 0.15
 
@@ -55,12 +54,8 @@ def per_call_us(fn, sets, calls: int) -> tuple[float, float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", default="noop,causal,document_causal,alibi_causal")
-    ap.add_argument("--seqlens", default="2048,512")
-    ap.add_argument("--backends", default="fa4,triton,fa4_upstream")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--head-dim", type=int, default=128)
+    add_case_options(ap, variants="noop,causal,document_causal,alibi_causal", seqlens="2048,512",
+                     backends="fa4,triton,fa4_upstream")
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--profile", default=None, help="directory for cProfile listings")
     args = ap.parse_args(argv)
@@ -68,24 +63,22 @@ def main(argv=None) -> None:
         raise SystemExit("host_time.py needs a CUDA GPU (it times queued launches)")
     dev = torch.device("cuda")
     print(f"{'variant':16s} {'S':>5s} {'backend':18s} {'host us':>8s} {'GPU us':>8s}")
-    for var in args.variants.split(","):
-        for S in map(int, args.seqlens.split(",")):
-            case = Case(var, S, args.head_dim, args.batch, args.heads, torch.bfloat16, "fwd", dev)
-            mods = resolve(var)(case.B, case.H, S, dev)
-            for name in args.backends.split(","):
-                try:
-                    prep = RUNNERS[name].prepare(case, mods)
-                except Skip as why:
-                    print(f"{var:16s} {S:5d} {name:18s} skipped: {why}")
-                    continue
-                sets = [tuple(prep.to_native(t) for t in s) for s in make_inputs(case, 2)]
-                for i in range(5):  # compile, autotune, fill the caches
-                    prep.fn(*sets[i % 2])
-                torch.cuda.synchronize()
-                host, gpu = per_call_us(prep.fn, sets, args.calls)
-                print(f"{var:16s} {S:5d} {name:18s} {host:8.1f} {gpu:8.1f}", flush=True)
-                if args.profile:
-                    profile(prep.fn, sets, os.path.join(args.profile, f"{var}_{S}_{name}.txt"))
+    for case, mods in cases(args, dev):
+        var, S = case.variant, case.S
+        for name in args.backends.split(","):
+            try:
+                prep = RUNNERS[name].prepare(case, mods)
+            except Skip as why:
+                print(f"{var:16s} {S:5d} {name:18s} skipped: {why}")
+                continue
+            sets = [tuple(prep.to_native(t) for t in s) for s in make_inputs(case, 2)]
+            for i in range(5):  # compile, autotune, fill the caches
+                prep.fn(*sets[i % 2])
+            torch.cuda.synchronize()
+            host, gpu = per_call_us(prep.fn, sets, args.calls)
+            print(f"{var:16s} {S:5d} {name:18s} {host:8.1f} {gpu:8.1f}", flush=True)
+            if args.profile:
+                profile(prep.fn, sets, os.path.join(args.profile, f"{var}_{S}_{name}.txt"))
 
 
 def profile(fn, sets, path: str) -> None:

@@ -114,17 +114,12 @@ def checked_ops(case, mods, backends, flops: float, fraction: float) -> dict:
 
 
 def main(argv=None) -> int:
-    from flex_fa4.bench.backends import Case
     from flex_fa4.bench.flops import attention_flops, unmasked_fraction
-    from flex_fa4.bench.variants import resolve
+    from flex_fa4.bench.script_args import add_case_options, cases
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", default="causal,noop")
-    p.add_argument("--seqlens", default="8192")
-    p.add_argument("--backends", default="fa4,fa4_upstream,torch_flex_flash")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--head-dim", type=int, default=128)
+    add_case_options(p, variants="causal,noop", seqlens="8192",
+                     backends="fa4,fa4_upstream,torch_flex_flash")
     p.add_argument("--warm", type=float, default=1.0, help="seconds alone before the window")
     p.add_argument("--seconds", type=float, default=2.5, help="seconds timed per window")
     p.add_argument("--rounds", type=int, default=2)
@@ -134,21 +129,19 @@ def main(argv=None) -> int:
         raise SystemExit("sustained.py needs a CUDA GPU (and nvidia-smi)")
     B, H, D, device = args.batch, args.heads, args.head_dim, torch.device("cuda")
     rows = []
-    for variant in args.variants.split(","):
-        for S in (int(s) for s in args.seqlens.split(",")):
-            case = Case(variant, S, D, B, H, torch.bfloat16, "fwd", device)
-            mods = resolve(variant)(B, H, S, device)
-            fraction = unmasked_fraction(mods.mask_mod, B, H, S, S, device)
-            flops = attention_flops(B, H, S, S, D, fraction, "fwd")
-            ops = checked_ops(case, mods, args.backends.split(","), flops, fraction)
-            for r in range(args.rounds):
-                for name, checked in ops.items():
-                    calls, seconds, samples = run_window(checked.op, checked.sets[0], args.warm,
-                                                         args.seconds)
-                    row = dict(summarize(name, calls, seconds, flops, samples),
-                               variant=variant, S=S, round=r, rel_err=checked.base["rel_err"])
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+    for case, mods in cases(args, device):
+        S = case.S
+        fraction = unmasked_fraction(mods.mask_mod, B, H, S, S, device)
+        flops = attention_flops(B, H, S, S, D, fraction, "fwd")
+        ops = checked_ops(case, mods, args.backends.split(","), flops, fraction)
+        for r in range(args.rounds):
+            for name, checked in ops.items():
+                calls, seconds, samples = run_window(checked.op, checked.sets[0], args.warm,
+                                                     args.seconds)
+                row = dict(summarize(name, calls, seconds, flops, samples),
+                           variant=case.variant, S=S, round=r, rel_err=checked.base["rel_err"])
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     with open(os.path.join(args.out, f"sustained_{os.getpid()}.json"), "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                    "argv": sys.argv[1:], "rows": rows}, f, indent=1)

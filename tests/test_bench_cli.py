@@ -237,3 +237,20 @@ def test_an_error_in_one_of_ours_fails_the_command(tmp_path):
     finally:
         unregister("test_ours_broken")
     assert rc == 1
+
+
+def test_script_case_options_give_one_case_per_variant_and_length():
+    """flex_fa4.bench.script_args: the case options benchmarks/host_time.py and sustained.py
+    share, resolved to forward Cases and the bench's own Mods."""
+    import argparse
+
+    from flex_fa4.bench import script_args
+
+    p = argparse.ArgumentParser()
+    script_args.add_case_options(p, variants="causal,noop", seqlens="128,256", backends="fa4")
+    args = p.parse_args(["--batch", "1", "--heads", "2", "--head-dim", "64"])
+    got = [(c.variant, c.S, c.B, c.H, c.D, c.mode, m.native)
+           for c, m in script_args.cases(args, torch.device("cpu"))]
+    assert got == [(v, S, 1, 2, 64, "fwd", variants.resolve(v)(1, 2, S, "cpu").native)
+                   for v in ("causal", "noop") for S in (128, 256)]
+    assert args.backends == "fa4"
