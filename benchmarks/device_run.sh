@@ -13,6 +13,14 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+# A machine that went idle is given back and the next call gets a fresh one without the
+# bundle: the sweep would then skip fa4 and the peers, and most GPU tests would fail on the
+# import. Refuse instead, and say what to do.
+if ! python3 -c "import cutlass, flash_attn.cute" 2>/dev/null; then
+  echo "device_run.sh: cutlass or flash_attn.cute is not importable: this machine has no device"
+  echo "bundle (a fresh machine?). Run the two bundle calls (.devbundle/p1, then p2) first."
+  exit 3
+fi
 case "${1:-tests}" in
 tests)
   shard="${2:-1/1}"; k="${shard%/*}"; n="${shard#*/}"

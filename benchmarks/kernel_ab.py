@@ -165,6 +165,7 @@ def main(argv=None) -> int:
             row[name] = (round(flops / t.median_ms / 1e9, 1), round(flops / t.min_ms / 1e9, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"kernel_ab_{os.getpid()}.json"), "w") as f:
         json.dump({"old": args.old, "new_config": override, "rows": rows}, f, indent=1)
     cols = ["old", "new", "fa4_upstream"]

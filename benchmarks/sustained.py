@@ -142,6 +142,7 @@ def main(argv=None) -> int:
                            variant=case.variant, S=S, round=r, rel_err=checked.base["rel_err"])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"sustained_{os.getpid()}.json"), "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                    "argv": sys.argv[1:], "rows": rows}, f, indent=1)
