@@ -44,8 +44,8 @@ import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import Float32, Int32, const_expr
-from cutlass.cute.nvgpu import cpasync, warpgroup
-from cutlass.utils import LayoutEnum
+from cutlass.cute.nvgpu import OperandMajorMode, cpasync, warpgroup
+from cutlass.tensor_utils import LayoutEnum
 
 from .block_sparse import sparse_row, sparse_tile
 from .config import FwdConfig
@@ -142,7 +142,7 @@ class HopperFlexFwd:
     def pv_tiled_mma(self, wgs: int) -> cute.TiledMma:
         """P V's tiled MMA over `wgs` warpgroups of 64 rows (P from registers)."""
         return sm90_utils.make_trivial_tiled_mma(
-            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN,
+            self.dtype, self.dtype, OperandMajorMode.K, OperandMajorMode.MN,
             Float32, atom_layout_mnk=(wgs, 1, 1), tiler_mn=(64, self.hdv),
             a_source=warpgroup.OperandSource.RMEM)
 
@@ -173,7 +173,7 @@ class HopperFlexFwd:
                           for t in (mQ, mK, mV, mO)]
 
         tiled_mma_qk = sm90_utils.make_trivial_tiled_mma(
-            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.K,
+            self.dtype, self.dtype, OperandMajorMode.K, OperandMajorMode.K,
             Float32, atom_layout_mnk=(self.cfg.num_consumer_wgs, 1, 1),
             tiler_mn=(64, self.tile_n))
         tiled_mma_pv = self.pv_tiled_mma(self.cfg.num_consumer_wgs)
@@ -248,7 +248,7 @@ class HopperFlexFwd:
             for atom in (tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O):
                 cpasync.prefetch_descriptor(atom)
 
-        smem = cutlass.utils.SmemAllocator()
+        smem = cutlass.memory.SmemAllocator()
         storage = smem.allocate(self.shared_storage)
         producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         # PipelineTmaAsync releases with one elected lane per consumer warp.
