@@ -128,6 +128,9 @@ def choose_config(head_dim: int, head_dim_v: int, block_q: Optional[int] = None)
     # S=2048: causal 492 -> 517, sliding window 424 -> 433, ALiBi 429 -> 427 (session 7).
     # Without a BlockMask (dense noop) it was even or behind at S=8192 in each of three rounds
     # (means 696 -> 685) and even at 2048 (596 -> 592), so dense calls keep consume_tile.
+    # Again on an H100 in session 12 (benchmarks/kernel_ab.py, one process, interleaved,
+    # TFLOP/s median / min, without -> with): S=8192 655 / 722 -> 660 / 706, S=2048
+    # 610 / 696 -> 617 / 694: even.
     candidates = [dict(num_stages=3), dict(num_stages=2)]
     if persistent:
         candidates[:0] = [dict(num_stages=2, separate_o=True, q_stages=2,
