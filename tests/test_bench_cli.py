@@ -110,17 +110,23 @@ def test_failures_become_rows_and_a_wrong_kernel_of_ours_fails_the_command(tmp_p
     assert "ERROR: RuntimeError: kernel exploded" in capsys.readouterr().out
 
 
-def test_min_time_raises_the_reps_of_fast_ops_only():
+def test_min_time_raises_the_reps_of_fast_ops_only(monkeypatch):
     """--min-time: an op gets enough reps for its timed runs to take that long (from its
-    warm-up runs' time), never fewer than --reps and at most max_reps."""
-    import time as _time
-    slow = (lambda: _time.sleep(0.02), [()])
-    fast = (lambda: _time.sleep(0.002), [()])
+    warm-up runs' time), never fewer than --reps and at most max_reps. The ops advance a
+    fake clock instead of sleeping, so a loaded machine cannot change the counts."""
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+
+    def op_taking(seconds):
+        return (lambda: now.__setitem__(0, now[0] + seconds), [()])
+
+    slow, fast = op_taking(2 ** -5), op_taking(2 ** -8)  # exact in binary: no rounding in the counts
     t_slow, t_fast = timing.time_ops([slow, fast], torch.device("cpu"), reps=3, warmup=2,
-                                     min_seconds=0.04)
-    assert t_slow.reps == 3  # 3 x 20 ms is already past 40 ms
-    assert 8 <= t_fast.reps <= 20  # about 40 ms / 2 ms, less when sleep oversleeps
-    capped = timing.time_ops([fast], torch.device("cpu"), reps=3, warmup=2, min_seconds=0.04,
+                                     min_seconds=2 ** -4)
+    assert t_slow.reps == 3  # 3 x 31 ms is already past 62 ms
+    assert t_fast.reps == 16  # 62.5 ms / 3.9 ms
+    assert t_fast.median_ms == pytest.approx(1e3 * 2 ** -8)
+    capped = timing.time_ops([fast], torch.device("cpu"), reps=3, warmup=2, min_seconds=2 ** -4,
                              max_reps=5)
     assert capped[0].reps == 5
     assert timing.reps_for(30, 0.001, 0.0, 2000) == 30  # off by default
