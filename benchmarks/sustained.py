@@ -92,20 +92,16 @@ def checked_ops(case, mods, backends, flops: float, fraction: float) -> dict:
     """{backend: flex_fa4.bench.runner.Checked} of the backends whose output on one seeded
     input set matched the reference; the others (skipped, failed, WRONG) are printed with
     their reason and never timed."""
-    from flex_fa4.bench.backends import RUNNERS
-    from flex_fa4.bench.runner import Checked, case_inputs, check_backend
+    from flex_fa4.bench.backends import RUNNERS, check_runner_names
+    from flex_fa4.bench.runner import Checked, case_inputs, check_backend, result_base
 
     importlib.import_module("flex_fa4.bench.peers")  # registers the peer runners
+    check_runner_names(backends)  # before the reference is computed
     inputs = case_inputs(case, mods, n_sets=1, check_pairs=1 << 32)
     ops = {}
-    unknown = [name for name in backends if name not in RUNNERS]
-    if unknown:
-        raise SystemExit(f"unknown backend(s) {unknown}; known: {', '.join(RUNNERS)}")
     for name in backends:
-        base = dict(variant=case.variant, S=case.S, D=case.D, B=case.B, H=case.H,
-                    dtype=case.dtype_name, mode=case.mode, backend=name, ours=RUNNERS[name].ours,
-                    fraction=fraction, flops=flops)
-        got = check_backend(case, RUNNERS[name], mods, inputs, base)
+        got = check_backend(case, RUNNERS[name], mods, inputs,
+                            result_base(case, name, fraction, flops))
         if isinstance(got, Checked):
             ops[name] = got
         else:

@@ -8,7 +8,7 @@ libraries, and tests inject deliberately wrong ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -69,6 +69,15 @@ def register(runner: Runner) -> Runner:
 
 def unregister(name: str) -> None:
     RUNNERS.pop(name, None)
+
+
+def check_runner_names(names: Sequence[str]) -> list[str]:
+    """`names` as a list, or SystemExit naming those no runner is registered under (the
+    command-line check of `flex-fa4 bench` and the scripts in benchmarks/)."""
+    unknown = [n for n in names if n not in RUNNERS]
+    if unknown:
+        raise SystemExit(f"unknown backend(s) {unknown}; known: {', '.join(RUNNERS)}")
+    return list(names)
 
 
 def build_mask_ms(build: Callable, device: torch.device):

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import peers  # noqa: F401 - registers the peer runners
-from .backends import RUNNERS
+from .backends import RUNNERS, check_runner_names
 from .report import merge, table, write_all, write_json
 from .runner import MODES, SweepConfig, run_sweep
 from .variants import VARIANTS
@@ -103,9 +103,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     modes = ["fwdbwd" if m in ("fwd+bwd", "fwd_bwd") else m for m in opts["modes"]]
     if set(modes) - set(MODES):
         raise SystemExit(f"unknown mode(s) {sorted(set(modes) - set(MODES))}; choose from fwd, fwdbwd")
-    unknown = [b for b in opts["backends"] if b not in RUNNERS]
-    if unknown:
-        raise SystemExit(f"unknown backend(s) {unknown}; known: {', '.join(RUNNERS)}")
+    check_runner_names(opts["backends"])
     return SweepConfig(variants=opts["variants"], seqlens=opts["seqlens"], head_dims=opts["head_dims"],
                        batch=opts["batch"], heads=opts["heads"], dtypes=[DTYPES[d] for d in opts["dtypes"]],
                        modes=modes, backends=opts["backends"], device=device, reps=opts["reps"],

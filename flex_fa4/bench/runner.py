@@ -271,6 +271,13 @@ def run_sweep(cfg: SweepConfig, progress: bool = True,
 VARIANT_FAILED = "building the variant failed"  # a user mod's error, not a backend's
 
 
+def result_base(case: Case, backend: str, fraction: float, flops: float) -> dict:
+    """The Result fields of one case and backend that do not depend on how the run went."""
+    return dict(variant=case.variant, S=case.S, D=case.D, B=case.B, H=case.H, dtype=case.dtype_name,
+                mode=case.mode, backend=backend, ours=RUNNERS[backend].ours, fraction=fraction,
+                flops=flops)
+
+
 def _past(deadline: Optional[float]) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
@@ -291,8 +298,7 @@ def _run_case(case: Case, mods: Optional[Mods], fraction: float, cfg: SweepConfi
     for name in cfg.backends:
         runner = RUNNERS[name]
         bar.set_description(f"{case.variant} S={case.S} D={case.D} {case.dtype_name} {case.mode} {name}")
-        base = dict(variant=case.variant, S=case.S, D=case.D, B=case.B, H=case.H, dtype=case.dtype_name,
-                    mode=case.mode, backend=name, ours=runner.ours, fraction=fraction, flops=flops)
+        base = result_base(case, name, fraction, flops)
         if why is not None:
             rows.append(Result(**base, status="ERROR", reason=why))
         elif inputs is None or _past(deadline):
