@@ -232,10 +232,6 @@ def test_tile_overlap_outside_its_shape_is_refused(override):
         dataclasses.replace(cfg, **override)
 
 
-KERNEL_SASS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
-                           "kernel_sass.py")
-
-
 def _kernel_sass_tool():
     from scripts import load_script
 
@@ -250,7 +246,10 @@ def test_kernel_sass_tool_finds_the_kv_step_loop(tmp_path):
     import re
     import subprocess
 
-    run = subprocess.run([sys.executable, KERNEL_SASS, "noop", "--segments", "--out", str(tmp_path)],
+    from scripts import ROOT
+
+    tool = os.path.join(ROOT, "tools", "kernel_sass.py")
+    run = subprocess.run([sys.executable, tool, "noop", "--segments", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     steps = run.stdout.split("basic blocks of the KV-step loop:")[1]
